@@ -1,0 +1,91 @@
+#include "checks.h"
+
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace qat::ops {
+
+kernels::DType kernel_dtype(const at::Tensor& x, const char* op) {
+  switch (x.scalar_type()) {
+    case at::kFloat: return kernels::DType::f32;
+    case at::kHalf: return kernels::DType::f16;
+    case at::kBFloat16: return kernels::DType::bf16;
+    default:
+      TORCH_CHECK(false, op, ": x must be float32, float16 or bfloat16, got ", x.scalar_type());
+  }
+}
+
+FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
+                                  const at::Tensor& zero_point, int64_t quant_min,
+                                  int64_t quant_max, int64_t axis,
+                                  std::optional<int64_t> group_size, double grad_factor) {
+  constexpr const char* op = "qat::fake_quantize";
+  FakeQuantPlan plan{kernel_dtype(x, op), {1, 1}, {float(quant_min), float(quant_max)}};
+  TORCH_CHECK(quant_min < quant_max, op, ": quant_min (", quant_min,
+              ") must be less than quant_max (", quant_max, ")");
+  TORCH_CHECK(quant_min >= -65536 && quant_max <= 65535, op,
+              ": quant_min and quant_max must lie in [-65536, 65535] (at most 16-bit integers), got [",
+              quant_min, ", ", quant_max, "]");
+  TORCH_CHECK(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
+  TORCH_CHECK(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ",
+              scale.scalar_type());
+  TORCH_CHECK(zero_point.scalar_type() == at::kFloat, op, ": zero_point must be float32, got ",
+              zero_point.scalar_type(), " (pass integer zero points as float tensors)");
+  TORCH_CHECK(scale.device() == x.device(), op, ": scale is on ", scale.device(),
+              " but x is on ", x.device());
+  TORCH_CHECK(zero_point.device() == x.device(), op, ": zero_point is on ",
+              zero_point.device(), " but x is on ", x.device());
+  TORCH_CHECK(zero_point.sizes() == scale.sizes(), op, ": zero_point shape ",
+              zero_point.sizes(), " must equal scale shape ", scale.sizes());
+  TORCH_CHECK(scale.numel() > 0, op, ": scale must have at least one element");
+
+  const int64_t numel = x.numel();
+  if (group_size.has_value()) {
+    const int64_t g = *group_size;
+    TORCH_CHECK(x.dim() >= 1, op, ": per-group quantization needs x with at least one dim");
+    const int64_t last = x.size(-1);
+    TORCH_CHECK(g > 0 && last % g == 0, op, ": group_size (", g,
+                ") must be positive and divide the last dim of x (", last, ")");
+    const int64_t groups = numel / g;
+    TORCH_CHECK(scale.dim() >= 1 && scale.size(-1) == last / g && scale.numel() == groups, op,
+                ": per-group scale must have shape [..., ", last / g, "] with ", groups,
+                " elements for x of shape ", x.sizes(), " and group_size ", g, ", got ",
+                scale.sizes());
+    plan.layout = {g, groups > 0 ? groups : 1};
+  } else if (scale.numel() == 1) {
+    plan.layout = {numel > 0 ? numel : 1, 1};
+  } else {
+    TORCH_CHECK(x.dim() >= 1, op, ": x is 0-dim, so scale must have one element, got ",
+                scale.numel());
+    TORCH_CHECK(axis >= -x.dim() && axis < x.dim(), op, ": axis ", axis,
+                " is out of range for x with ", x.dim(), " dims");
+    const int64_t a = axis < 0 ? axis + x.dim() : axis;
+    TORCH_CHECK(scale.dim() == 1 && scale.numel() == x.size(a), op,
+                ": per-channel scale must have shape [", x.size(a), "] (x.size(", a,
+                ")), got ", scale.sizes(),
+                "; use one element for per-tensor or group_size for per-group");
+    int64_t inner = 1;
+    for (int64_t d = a + 1; d < x.dim(); ++d) inner *= x.size(d);
+    plan.layout = {inner > 0 ? inner : 1, x.size(a)};
+  }
+  return plan;
+}
+
+void check_grad(const at::Tensor& grad, const at::Tensor& x) {
+  TORCH_CHECK(grad.sizes() == x.sizes(), "qat::fake_quantize_backward: grad shape ", grad.sizes(),
+              " must equal x shape ", x.sizes());
+  TORCH_CHECK(grad.device() == x.device(), "qat::fake_quantize_backward: grad is on ",
+              grad.device(), " but x is on ", x.device());
+}
+
+kernels::CastFormat parse_cast_format(std::string_view fmt) {
+  if (fmt == "fp16") return kernels::CastFormat::fp16;
+  if (fmt == "bf16") return kernels::CastFormat::bf16;
+  if (fmt == "fp8_e4m3") return kernels::CastFormat::fp8_e4m3;
+  if (fmt == "fp8_e5m2") return kernels::CastFormat::fp8_e5m2;
+  TORCH_CHECK(false, "qat::fake_cast: fmt must be one of fp16, bf16, fp8_e4m3, fp8_e5m2, got '",
+              std::string(fmt), "'");
+}
+
+}  // namespace qat::ops

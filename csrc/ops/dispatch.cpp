@@ -1,0 +1,35 @@
+#include "dispatch.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+namespace qat::ops {
+
+at::Tensor call_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
+                              const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                              int64_t axis, std::optional<int64_t> group_size,
+                              double grad_factor) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::fake_quantize", "")
+                       .typed<decltype(call_fake_quantize)>();
+  return op.call(x, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_fake_quantize_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, int64_t axis,
+    std::optional<int64_t> group_size, double grad_factor, bool qparam_grads) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::fake_quantize_backward", "")
+                       .typed<decltype(call_fake_quantize_backward)>();
+  return op.call(grad, x, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor,
+                 qparam_grads);
+}
+
+at::Tensor call_fake_cast(const at::Tensor& x, c10::string_view fmt) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::fake_cast", "")
+                       .typed<decltype(call_fake_cast)>();
+  return op.call(x, fmt);
+}
+
+}  // namespace qat::ops

@@ -1,0 +1,24 @@
+// Typed dispatcher calls of the qat operators (full dispatch: autograd, then the device key).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+#include <tuple>
+
+namespace qat::ops {
+
+at::Tensor call_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
+                              const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                              int64_t axis, std::optional<int64_t> group_size,
+                              double grad_factor);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> call_fake_quantize_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max, int64_t axis,
+    std::optional<int64_t> group_size, double grad_factor, bool qparam_grads);
+
+at::Tensor call_fake_cast(const at::Tensor& x, c10::string_view fmt);
+
+}  // namespace qat::ops
