@@ -38,7 +38,6 @@ FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
               zero_point.device(), " but x is on ", x.device());
   TORCH_CHECK(zero_point.sizes() == scale.sizes(), op, ": zero_point shape ",
               zero_point.sizes(), " must equal scale shape ", scale.sizes());
-  TORCH_CHECK(scale.numel() > 0, op, ": scale must have at least one element");
 
   const int64_t numel = x.numel();
   if (group_size.has_value()) {
@@ -52,7 +51,7 @@ FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
                 ": per-group scale must have shape [..., ", last / g, "] with ", groups,
                 " elements for x of shape ", x.sizes(), " and group_size ", g, ", got ",
                 scale.sizes());
-    plan.layout = {g, groups > 0 ? groups : 1};
+    plan.layout = {g, groups};
   } else if (scale.numel() == 1) {
     plan.layout = {numel > 0 ? numel : 1, 1};
   } else {
@@ -67,7 +66,7 @@ FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
                 "; use one element for per-tensor or group_size for per-group");
     int64_t inner = 1;
     for (int64_t d = a + 1; d < x.dim(); ++d) inner *= x.size(d);
-    plan.layout = {inner > 0 ? inner : 1, x.size(a)};
+    plan.layout = {inner > 0 ? inner : 1, x.size(a)};  // no elements when size(a) == 0
   }
   return plan;
 }
