@@ -113,7 +113,7 @@ QAT_HD float fake_quant_value(float x, float scale, float inv_scale, float zero_
 QAT_HD bool fake_quant_in_range(float x, float inv_scale, float zero_point, float quant_min,
                                 float quant_max) {
   float q = round_half_even(x * inv_scale) + zero_point;
-  return q >= quant_min && q <= quant_max;
+  return (q >= quant_min) & (q <= quant_max);  // & not &&: no branch, so loops vectorize
 }
 
 struct LsqGrads {
@@ -128,16 +128,16 @@ QAT_HD LsqGrads lsq_grads(float x, float dy, float scale, float inv_scale, float
   // Branch-free (every path computed, then selected) so loops over it vectorize.
   float q = round_half_even(fmaf(x, inv_scale, zero_point));
   bool below = q < quant_min;
-  bool outside = below || q > quant_max;
+  bool outside = below | (q > quant_max);
   bool is_nan = x != x;
   float bound = below ? quant_min : quant_max;
   float dscale_out = (dy * (bound - zero_point)) * grad_factor;
   float dscale_in = ((dy * fmaf(q - zero_point, scale, -x)) * inv_scale) * grad_factor;
   float dzero_point_out = ((dy * -1.0f) * scale) * grad_factor;
   LsqGrads g;
-  g.dx = dy * ((outside || is_nan) ? 0.0f : 1.0f);
+  g.dx = dy * ((outside | is_nan) ? 0.0f : 1.0f);
   g.dscale = is_nan ? 0.0f : (outside ? dscale_out : dscale_in);
-  g.dzero_point = (is_nan || !outside) ? 0.0f : dzero_point_out;
+  g.dzero_point = (is_nan | !outside) ? 0.0f : dzero_point_out;
   return g;
 }
 
@@ -170,7 +170,7 @@ QAT_HD float fake_cast_value(float x, FloatFormat fmt) {
   u &= ~((1u << fmt.dropped_bits) - 1u);
   float r = a < fmt.min_normal ? (a + fmt.subnormal_magic) - fmt.subnormal_magic : bits_float(u);
   r = r > fmt.max_value ? fmt.max_value : r;  // rounded past the top, or inf
-  r = (a == INFINITY && fmt.has_inf) ? a : r;
+  r = ((a == INFINITY) & fmt.has_inf) ? a : r;
   r = copysignf(r, x);
   return x != x ? x : r;
 }

@@ -11,6 +11,8 @@ namespace {
 #define QAT_CPU_CLONES
 #endif
 #define QAT_INLINE inline __attribute__((always_inline))
+// Lambdas too: an out-of-line lambda would be compiled for baseline x86-64, not the clone's ISA.
+#define QAT_INLINE_LAMBDA __attribute__((always_inline))
 
 struct F32 {
   using Storage = float;
@@ -70,13 +72,13 @@ QAT_INLINE void forward(const void* xv, void* yv, int64_t begin, int64_t end, Ch
   auto y = static_cast<typename T::Storage*>(yv);
   if (layout.inner == 1 && layout.channels > 1) {
     // Whole rows of channels vectorize: walk row by row so c runs 0..channels-1.
-    for_each_run(begin, end, ChannelLayout{layout.channels, 1}, [&](int64_t, int64_t a, int64_t b) {
+    for_each_run(begin, end, ChannelLayout{layout.channels, 1}, [&](int64_t, int64_t a, int64_t b) QAT_INLINE_LAMBDA {
       int64_t c0 = a % layout.channels;
       forward_rows<T>(x + a - c0, y + a - c0, c0, c0 + (b - a), layout, qp, r);
     });
     return;
   }
-  for_each_run(begin, end, layout, [&](int64_t c, int64_t a, int64_t b) {
+  for_each_run(begin, end, layout, [&](int64_t c, int64_t a, int64_t b) QAT_INLINE_LAMBDA {
     forward_run<T>(x + a, y + a, b - a, qp.scale[c], qp.zero_point[c], r);
   });
 }
@@ -90,7 +92,7 @@ QAT_INLINE void backward_ste_run(const typename T::Storage* x, const typename T:
   for (int64_t i = 0; i < n; ++i) {
     float g = T::load(dy[i]);
     bool keep = fake_quant_in_range(T::load(x[i]), inv, zp, r.quant_min, r.quant_max);
-    dx[i] = T::store(keep ? g : g * 0.0f);
+    dx[i] = T::store(g * (keep ? 1.0f : 0.0f));
   }
 }
 
@@ -148,7 +150,7 @@ QAT_INLINE void backward_rows(const typename T::Storage* x, const typename T::St
     float zp = effective_zero_point(qp.zero_point[c], r.quant_min, r.quant_max);
     float xv = T::load(x[c]), g = T::load(dy[c]);
     if (acc_scale == nullptr) {
-      dx[c] = T::store(fake_quant_in_range(xv, inv, zp, r.quant_min, r.quant_max) ? g : g * 0.0f);
+      dx[c] = T::store(g * (fake_quant_in_range(xv, inv, zp, r.quant_min, r.quant_max) ? 1.0f : 0.0f));
     } else {
       LsqGrads l = lsq_grads(xv, g, s, inv, zp, r.quant_min, r.quant_max, grad_factor);
       dx[c] = T::store(l.dx);
@@ -166,14 +168,14 @@ QAT_INLINE void backward(const void* xv, const void* dyv, void* dxv, int64_t beg
   auto dy = static_cast<const typename T::Storage*>(dyv);
   auto dx = static_cast<typename T::Storage*>(dxv);
   if (layout.inner == 1 && layout.channels > 1) {
-    for_each_run(begin, end, ChannelLayout{layout.channels, 1}, [&](int64_t, int64_t a, int64_t b) {
+    for_each_run(begin, end, ChannelLayout{layout.channels, 1}, [&](int64_t, int64_t a, int64_t b) QAT_INLINE_LAMBDA {
       int64_t c0 = a % layout.channels;
       backward_rows<T>(x + a - c0, dy + a - c0, dx + a - c0, c0, c0 + (b - a), qp, r, grad_factor,
                        acc_scale, acc_zp);
     });
     return;
   }
-  for_each_run(begin, end, layout, [&](int64_t c, int64_t a, int64_t b) {
+  for_each_run(begin, end, layout, [&](int64_t c, int64_t a, int64_t b) QAT_INLINE_LAMBDA {
     if (acc_scale == nullptr) {
       backward_ste_run<T>(x + a, dy + a, dx + a, b - a, qp.scale[c], qp.zero_point[c], r);
     } else {

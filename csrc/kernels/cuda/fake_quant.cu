@@ -498,6 +498,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t item = blockIdx.x; item < nitems; item += gridDim.x) {  // uniform per block
     const int64_t segment = item / pieces_per_segment;
     const int64_t p0 = segment * layout.inner + (item - segment * pieces_per_segment) * piece;
+    // A partial last segment (n % inner != 0) has fewer pieces than the others.
+    if (p0 >= n) continue;  // uniform per block, like the loop
     const int64_t p1 = min64(min64(p0 + piece, (segment + 1) * layout.inner), n);
     const int64_t c = segment % layout.channels;
     const ChanParams p = channel_params(qp, c, args.range);
@@ -604,7 +606,9 @@ __global__ void __launch_bounds__(kThreads)
 // Only (i / inner) % channels matters: when every element lands in channel 0 say so, which
 // lets the kernels treat the tensor as a single run.
 ChannelLayout normalize(ChannelLayout layout, int64_t n) {
-  if (layout.channels <= 1 || layout.inner >= n) return ChannelLayout{n, 1};
+  if (layout.inner < 1 || layout.channels < 1)
+    throw std::invalid_argument("qat fake_quant CUDA: layout.inner and layout.channels must be >= 1");
+  if (layout.channels == 1 || layout.inner >= n) return ChannelLayout{n, 1};
   return layout;
 }
 
@@ -731,7 +735,7 @@ void cast_impl(const void* x, void* y, int64_t n, OpArgs args, cudaStream_t stre
 void fake_quant_forward(DType dtype, const void* x, void* y, int64_t n, ChannelLayout layout,
                         QParams qp, QuantRange range, void* stream) {
   if (n <= 0) return;
-  layout = normalize(layout, n);
+  layout = normalize(layout, n);  // throws on a layout the kernels cannot index
   const OpArgs args{range, 0.0f, cast_format(CastFormat::fp16)};
   auto s = static_cast<cudaStream_t>(stream);
   switch (dtype) {
