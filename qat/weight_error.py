@@ -144,9 +144,14 @@ def _scale_count(shape: torch.Size, granularity: str, group_size: int) -> int:
     return rows * (-(-cols // group_size))
 
 
+def _sq_sum(x: Tensor) -> float:
+    """Sum of squares in float64 (squared in float64 too, so no term is rounded to float32)."""
+    x = x.reshape(-1).double()
+    return torch.dot(x, x).item()
+
+
 def _sq_err(w: Tensor, wq: Tensor) -> float:
-    d = wq - w
-    return torch.sum(d.square(), dtype=torch.float64).item()
+    return _sq_sum(wq - w)
 
 
 class _Progress:
@@ -219,7 +224,7 @@ def evaluate(
                 # the temporaries stay small (a large matrix such as a word embedding would
                 # otherwise be page-faulted in afresh for every format).
                 for blk in w.split(max(1, _BLOCK_ELEMS // w.shape[1])):
-                    signal += torch.sum(blk.square(), dtype=torch.float64).item()
+                    signal += _sq_sum(blk)
                     for g in GRANULARITIES:
                         for b in bits:
                             wq = fake_quantize_int(blk, b, g, group_size, tensor_absmax=absmax)

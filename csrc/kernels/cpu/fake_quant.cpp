@@ -110,17 +110,12 @@ QAT_INLINE void backward_lsq_run(const typename T::Storage* x, const typename T:
   double lane_s[kLanes] = {}, lane_z[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    float ts[kLanes], tz[kLanes];
     for (int j = 0; j < kLanes; ++j) {
       LsqGrads g = lsq_grads(T::load(x[i + j]), T::load(dy[i + j]), s, inv, zp, r.quant_min,
                              r.quant_max, grad_factor);
       dx[i + j] = T::store(g.dx);
-      ts[j] = g.dscale;
-      tz[j] = g.dzero_point;
-    }
-    for (int j = 0; j < kLanes; ++j) {
-      lane_s[j] += double(ts[j]);
-      lane_z[j] += double(tz[j]);
+      lane_s[j] += double(g.dscale);
+      lane_z[j] += double(g.dzero_point);
     }
   }
   for (; i < n; ++i) {
