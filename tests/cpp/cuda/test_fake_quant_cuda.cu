@@ -2,16 +2,20 @@
 // random inputs: outputs and dx bit for bit, LSQ accumulators up to summation order. Torch-free;
 // skips when no CUDA device is present.
 //
-//   nvcc -std=c++17 -arch=sm_90 -I csrc tests/cpp/cuda/test_fake_quant_cuda.cu \
+// Standalone build (CMake target test_kernels_cuda does the same):
+//   nvcc -std=c++17 -arch=sm_90 --fmad=false -I csrc tests/cpp/cuda/test_fake_quant_cuda.cu
 //        csrc/kernels/cuda/fake_quant.cu csrc/kernels/cpu/fake_quant.cpp -lgtest -lgtest_main
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/fake_quant.h"
@@ -310,6 +314,7 @@ const Case kCases[] = {
     {"group7", 7 * 3001, {7, 3001}},
     {"segments_ragged", 1000003, {1000, 7}},       // partial last segment
     {"segments_long_ragged", 1000003, {2048, 5}},  // long segments, partial last one
+    {"segments_huge_ragged", 3000001, {1200000, 2}},  // several pieces per segment, last partial
 };
 
 struct Offsets {
