@@ -349,6 +349,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="elements per group along the last dim for per-group scales (default 32)",
     )
     parser.add_argument("--json", metavar="OUT", default=None, help="also write the table as JSON to OUT")
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, metavar="N",
+        help="CPU threads for torch (default: torch's own default)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar / lines")
 
 
@@ -363,6 +367,8 @@ def run(args: argparse.Namespace) -> int:
             path = models.resolve_model_path(args.model)
             name = str(path)
         state_dict = models.load_state_dict(path)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
         report = evaluate(
             state_dict, bits=args.bits, group_size=args.group_size, model=name,
             progress=not args.no_progress,
@@ -372,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     print(format_table(report))
-    print(f"\n{report.seconds:.1f} s")
+    print(f"\nevaluated in {report.seconds:.1f} s")
     if args.json:
         out = Path(args.json)
         if out.parent != Path(""):
