@@ -53,15 +53,14 @@ QAT_INLINE void forward_run(const typename T::Storage* x, typename T::Storage* y
     y[i] = T::store(fake_quant_value(T::load(x[i]), s, inv, zp, r.quant_min, r.quant_max));
 }
 
-// inner == 1: the channel changes with every element, so parameters are read per element.
+// inner == 1: one row of channels (x, y point at the row's start), parameters read per element.
 template <class T>
-QAT_INLINE void forward_rows(const typename T::Storage* x, typename T::Storage* y, int64_t begin,
-                             int64_t end, ChannelLayout layout, QParams qp, QuantRange r) {
-  for (int64_t i = begin; i < end; ++i) {
-    int64_t c = i % layout.channels;
+QAT_INLINE void forward_rows(const typename T::Storage* x, typename T::Storage* y, int64_t c_begin,
+                             int64_t c_end, QParams qp, QuantRange r) {
+  for (int64_t c = c_begin; c < c_end; ++c) {
     float s = effective_scale(qp.scale[c]);
     float zp = effective_zero_point(qp.zero_point[c], r.quant_min, r.quant_max);
-    y[i] = T::store(fake_quant_value(T::load(x[i]), s, 1.0f / s, zp, r.quant_min, r.quant_max));
+    y[c] = T::store(fake_quant_value(T::load(x[c]), s, 1.0f / s, zp, r.quant_min, r.quant_max));
   }
 }
 
@@ -74,7 +73,7 @@ QAT_INLINE void forward(const void* xv, void* yv, int64_t begin, int64_t end, Ch
     // Whole rows of channels vectorize: walk row by row so c runs 0..channels-1.
     for_each_run(begin, end, ChannelLayout{layout.channels, 1}, [&](int64_t, int64_t a, int64_t b) QAT_INLINE_LAMBDA {
       int64_t c0 = a % layout.channels;
-      forward_rows<T>(x + a - c0, y + a - c0, c0, c0 + (b - a), layout, qp, r);
+      forward_rows<T>(x + a - c0, y + a - c0, c0, c0 + (b - a), qp, r);
     });
     return;
   }
