@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -76,6 +77,14 @@ void check_grad(const at::Tensor& grad, const at::Tensor& x) {
               " must equal x shape ", x.sizes());
   TORCH_CHECK(grad.device() == x.device(), "qat::fake_quantize_backward: grad is on ",
               grad.device(), " but x is on ", x.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(at::Tensor dx, const at::Tensor& acc,
+                                                                const at::Tensor& scale,
+                                                                const at::Tensor& zero_point) {
+  if (!acc.defined()) return {std::move(dx), at::zeros_like(scale), at::zeros_like(zero_point)};
+  const at::Tensor sums = acc.to(at::kFloat);
+  return {std::move(dx), sums[0].view(scale.sizes()).clone(), sums[1].view(zero_point.sizes()).clone()};
 }
 
 kernels::CastFormat parse_cast_format(std::string_view fmt) {

@@ -2,7 +2,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include "checks.h"
@@ -49,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_backward_cpu(
   };
   if (!qparam_grads) {
     at::parallel_for(0, numel, kGrain, [&](int64_t b, int64_t e) { run(b, e, nullptr, nullptr); });
-    return {dx, at::zeros_like(scale), at::zeros_like(zero_point)};
+    return backward_outputs(dx, at::Tensor(), scale, zero_point);
   }
 
   const int64_t channels = plan.layout.channels, inner = plan.layout.inner;
@@ -75,8 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_backward_cpu(
     });
     acc = per_thread.sum(0);
   }
-  acc = acc.to(at::kFloat);
-  return {dx, acc[0].view(scale.sizes()).clone(), acc[1].view(zero_point.sizes()).clone()};
+  return backward_outputs(dx, acc, scale, zero_point);
 }
 
 at::Tensor fake_cast_cpu(const at::Tensor& x, c10::string_view fmt) {

@@ -3,7 +3,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -53,9 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_backward_cuda(
                                      {s.const_data_ptr<float>(), z.const_data_ptr<float>()},
                                      plan.range, float(grad_factor), acc_s, acc_z,
                                      current_stream());
-  if (!qparam_grads) return {dx, at::zeros_like(scale), at::zeros_like(zero_point)};
-  acc = acc.to(at::kFloat);
-  return {dx, acc[0].view(scale.sizes()).clone(), acc[1].view(zero_point.sizes()).clone()};
+  return backward_outputs(dx, acc, scale, zero_point);
 }
 
 at::Tensor fake_cast_cuda(const at::Tensor& x, c10::string_view fmt) {
