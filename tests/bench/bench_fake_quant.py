@@ -39,7 +39,6 @@ def cases(numel, dtype, device):
     rows = 4096
     cols = numel // rows
     x = torch.randn(rows, cols, device=device).to(dtype)
-    dy = torch.randn_like(x)
     ch_scale = torch.rand(rows, device=device) * 0.05 + 0.01
     gs = 32
     g_scale = torch.rand(rows, cols // gs, device=device) * 0.05 + 0.01
@@ -69,7 +68,6 @@ def cases(numel, dtype, device):
         cs, cz = qparams(ch_scale, True)
         yield ("learnable per-channel", ours(ch_scale, True, axis=0),
                lambda xx: torch._fake_quantize_learnable_per_channel_affine(xx, cs, cz, 0, -128, 127, 1.0), x)
-    return dy
 
 
 def run(device, numel, reps):

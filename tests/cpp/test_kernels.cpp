@@ -117,7 +117,6 @@ TEST(FakeQuantForward, MatchesScalarReferenceAllLayouts) {
     scale[i] = 0.01f + 0.1f * float(rng() % 1000) / 1000.0f;
     zp[i] = float(int(rng() % 16) - 8);
   }
-  struct Case { k::ChannelLayout layout; int64_t (*param)(int64_t, int64_t); };
   const std::vector<k::ChannelLayout> layouts = {
       {rows * cols, 1}, {cols, rows}, {1, cols}, {32, rows * cols / 32}, {8, cols / 8}};
   for (auto layout : layouts) {

@@ -23,10 +23,11 @@ def bits_of(t):
 
 def assert_bitwise(actual, expected):
     assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    if not torch.equal(bits_of(actual), bits_of(expected)):
-        bad = (bits_of(actual) != bits_of(expected)).nonzero()[:5]
-        raise AssertionError(f"{len((bits_of(actual) != bits_of(expected)).nonzero())} elements differ, e.g. at {bad.tolist()}: "
-                             f"{actual.flatten()[0:0]}{[actual[tuple(i)].item() for i in bad]} vs {[expected[tuple(i)].item() for i in bad]}")
+    differ = bits_of(actual) != bits_of(expected)
+    if differ.any():
+        bad = differ.nonzero()[:5]
+        raise AssertionError(f"{int(differ.sum())} elements differ, e.g. at {bad.tolist()}: "
+                             f"{[actual[tuple(i)].item() for i in bad]} vs {[expected[tuple(i)].item() for i in bad]}")
 
 
 def sample_x(shape, scale, quant_min, quant_max, zero_point, device, dtype=torch.float32):
