@@ -236,6 +236,20 @@ __device__ __forceinline__ float apply(float x, float g, const ChanParams& p, co
   }
 }
 
+// One unit (kVec elements) of a backward pass: load x and dy, apply the op, store dx.
+template <class T, bool kAligned, int kOp>
+__device__ __forceinline__ void backward_unit(const typename T::Storage* x,
+                                              const typename T::Storage* dy,
+                                              typename T::Storage* dx, const ChanParams& p,
+                                              const OpArgs& args, double& ss, double& sz) {
+  float vx[T::kVec], vg[T::kVec], vo[T::kVec];
+  load_unit<T, kAligned>(x, vx);
+  load_unit<T, kAligned>(dy, vg);
+#pragma unroll
+  for (int j = 0; j < T::kVec; ++j) vo[j] = apply<kOp>(vx[j], vg[j], p, args, ss, sz);
+  store_unit<T, kAligned>(dx, vo);
+}
+
 // a / b for 0 <= a, 0 < b: 32-bit division when both fit, which is much cheaper than the
 // emulated 64-bit one and covers every tensor below 2^32 elements.
 __device__ __forceinline__ int64_t div_nonneg(int64_t a, int64_t b) {
@@ -514,12 +528,7 @@ __global__ void __launch_bounds__(kThreads)
     double ss = 0.0, sz = 0.0;
     for (int64_t u = threadIdx.x; u < nunits; u += blockDim.x) {
       const int64_t i = v0 + u * V;
-      float vx[V], vg[V], vo[V];
-      load_unit<T, kAligned>(x + i, vx);
-      load_unit<T, kAligned>(dy + i, vg);
-#pragma unroll
-      for (int j = 0; j < V; ++j) vo[j] = apply<kLsq>(vx[j], vg[j], p, args, ss, sz);
-      store_unit<T, kAligned>(dx + i, vo);
+      backward_unit<T, kAligned, kLsq>(x + i, dy + i, dx + i, p, args, ss, sz);
     }
     // Fewer than kVec elements before v0 and fewer than kVec after v1.
     const int64_t nhead = v0 - p0;
@@ -573,12 +582,7 @@ __global__ void __launch_bounds__(kThreads)
         nunits = len / V;
         for (int64_t u = in_group; u < nunits; u += group) {
           const int64_t i = s0 + u * V;
-          float vx[V], vg[V], vo[V];
-          load_unit<T, true>(x + i, vx);
-          load_unit<T, true>(dy + i, vg);
-#pragma unroll
-          for (int j = 0; j < V; ++j) vo[j] = apply<kLsq>(vx[j], vg[j], p, args, ss, sz);
-          store_unit<T, true>(dx + i, vo);
+          backward_unit<T, true, kLsq>(x + i, dy + i, dx + i, p, args, ss, sz);
         }
       }
       // Element by element: everything when unaligned, else a short last segment's tail.
