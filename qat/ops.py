@@ -4,12 +4,23 @@ The schemas, CPU/CUDA kernels and autograd live in C++ (csrc/ops); this module a
 documented entry points and the shape functions torch.compile / torch.export need.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["fake_quantize", "fake_cast", "CAST_FORMATS"]
+__all__ = [
+    "fake_quantize",
+    "fake_cast",
+    "CAST_FORMATS",
+    "update_minmax",
+    "update_histogram",
+    "rebin_histogram",
+    "histogram_clip_range",
+    "choose_qparams",
+    "mse_errors",
+    "observe_fake_quantize",
+]
 
 CAST_FORMATS = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
@@ -62,6 +73,122 @@ def fake_cast(x: Tensor, fmt: str) -> Tensor:
     return torch.ops.qat.fake_cast(x, fmt)
 
 
+def update_minmax(
+    x: Tensor,
+    running_min: Tensor,
+    running_max: Tensor,
+    enabled: Tensor,
+    averaging_constant: Optional[float] = None,
+    axis: int = 0,
+    group_size: Optional[int] = None,
+) -> None:
+    """Fold ``x``'s finite elements into ``running_min`` / ``running_max`` in place.
+
+    The statistics' shape picks the granularity, as ``scale``'s does for :func:`fake_quantize`.
+    Nothing happens when ``enabled`` (a one-element integer or bool tensor, read on the device)
+    is zero, or when ``x`` is empty or has no finite element in a channel. Without
+    ``averaging_constant`` the running values are the plain min / max; with it, a running value
+    that is still infinite takes the batch's, else moves ``c * (batch - running)`` toward it
+    (torch.ao's moving-average observers). NaN and +-inf are skipped.
+    """
+    torch.ops.qat.update_minmax(x, running_min, running_max, enabled, averaging_constant, axis, group_size)
+
+
+def update_histogram(x: Tensor, histogram: Tensor, range: Tensor, enabled: Tensor) -> None:
+    """Add ``x``'s finite elements to a running histogram in place.
+
+    ``histogram`` is int64 ``[bins]``; ``range`` is float32 ``[min, max]`` of everything observed
+    (``[inf, -inf]`` while empty). The bins lie on a canonical grid of the range (power-of-two bin
+    width, aligned to multiples of it), so widening the range merges whole bins: counts stay
+    exact, and the histogram does not depend on the order in which data arrived.
+    """
+    torch.ops.qat.update_histogram(x, histogram, range, enabled)
+
+
+def rebin_histogram(histogram: Tensor, range: Tensor, new_range: Tensor) -> Tensor:
+    """The histogram of ``range`` moved exactly onto the grid of the wider ``new_range``."""
+    return torch.ops.qat.rebin_histogram(histogram, range, new_range)
+
+
+def histogram_clip_range(
+    histogram: Tensor, range: Tensor, method: str, param: float, quant_levels: int, symmetric: bool
+) -> Tensor:
+    """Clipping range ``[min, max]`` (float32) calibrated from a running histogram.
+
+    ``method="percentile"`` keeps ``param`` percent of the mass (of ``|x|`` when symmetric, else
+    cutting half the rest from each tail); ``method="entropy"`` runs TensorRT's KL-divergence
+    search on the ``|x|`` histogram with ``quant_levels`` levels. Runs on the host.
+    """
+    return torch.ops.qat.histogram_clip_range(histogram, range, method, param, quant_levels, symmetric)
+
+
+def choose_qparams(
+    min: Tensor, max: Tensor, quant_min: int, quant_max: int, symmetric: bool
+) -> Tuple[Tensor, Tensor]:
+    """``(scale, zero_point)`` from ranges, exactly as torch.ao.quantization observers compute them.
+
+    Symmetric: ``scale = max(|min|, |max|) / ((quant_max - quant_min) / 2)``, zero point 0 for
+    signed ranges and ``(quant_min + quant_max + 1) // 2`` for unsigned ones (torch.ao's 128 for
+    quint8; for a custom unsigned range torch.ao rounds the midpoint down instead). Affine:
+    ``scale = (max(max, 0) - min(min, 0)) / (quant_max - quant_min)``,
+    ``zero_point = quant_min - round(min(min, 0) / scale)`` clamped. Scales are at least
+    ``2**-23``. A range with ``min > max`` (nothing observed) gives scale 1, zero point 0.
+    Both results are float32 with ``min``'s shape.
+    """
+    return torch.ops.qat.choose_qparams(min, max, quant_min, quant_max, symmetric)
+
+
+def mse_errors(
+    x: Tensor,
+    min: Tensor,
+    max: Tensor,
+    ratios: Tensor,
+    quant_min: int,
+    quant_max: int,
+    symmetric: bool,
+    axis: int = 0,
+    group_size: Optional[int] = None,
+) -> Tensor:
+    """Squared fake-quantization error of ``x`` for every clipping candidate, in one pass.
+
+    Candidate ``r`` of a tensor / channel / group clips to ``ratios[r] * [min, max]`` and uses
+    ``choose_qparams`` of that range. Returns float64 of shape ``min.shape + (len(ratios),)``;
+    non-finite elements of ``x`` add nothing.
+    """
+    return torch.ops.qat.mse_errors(x, min, max, ratios, quant_min, quant_max, symmetric, axis, group_size)
+
+
+def observe_fake_quantize(
+    x: Tensor,
+    observer_on: Tensor,
+    fake_quant_on: Tensor,
+    running_min: Tensor,
+    running_max: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    averaging_const: float,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: int,
+    per_row_fake_quant: bool = False,
+    symmetric_quant: bool = False,
+) -> Tensor:
+    """Moving-average observation and fake quantization in one call.
+
+    Same arguments and semantics as ``torch.fused_moving_avg_obs_fake_quant``: when
+    ``observer_on``, the batch's min / max (per tensor, or per channel along ``ch_axis`` with
+    ``per_row_fake_quant``) move the running range; when ``fake_quant_on``, ``scale`` /
+    ``zero_point`` are recomputed from it with ATen's ``ChooseQuantizationParams`` and ``x`` is
+    fake-quantized with them, else returned unchanged. Differences: any ``ch_axis``, float32
+    zero points, buffers must be pre-sized (``[channels]`` or one element), non-finite elements
+    are not observed. Gradient: the clipped straight-through estimator.
+    """
+    return torch.ops.qat.observe_fake_quantize(
+        x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+        averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant, symmetric_quant,
+    )
+
+
 @torch.library.register_fake("qat::fake_quantize")
 def _fake_quantize_fake(x, scale, zero_point, quant_min, quant_max, axis=0, group_size=None, grad_factor=1.0):
     return x.new_empty(x.shape)
@@ -74,4 +201,41 @@ def _fake_quantize_backward_fake(grad, x, scale, zero_point, quant_min, quant_ma
 
 @torch.library.register_fake("qat::fake_cast")
 def _fake_cast_fake(x, fmt):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("qat::update_minmax")
+def _update_minmax_fake(x, running_min, running_max, enabled, averaging_constant=None, axis=0, group_size=None):
+    return None
+
+
+@torch.library.register_fake("qat::update_histogram")
+def _update_histogram_fake(x, histogram, range, enabled):
+    return None
+
+
+@torch.library.register_fake("qat::rebin_histogram")
+def _rebin_histogram_fake(histogram, range, new_range):
+    return histogram.new_empty(histogram.shape)
+
+
+@torch.library.register_fake("qat::histogram_clip_range")
+def _histogram_clip_range_fake(histogram, range, method, param, quant_levels, symmetric):
+    return range.new_empty((2,))
+
+
+@torch.library.register_fake("qat::choose_qparams")
+def _choose_qparams_fake(min, max, quant_min, quant_max, symmetric):
+    return min.new_empty(min.shape), min.new_empty(min.shape)
+
+
+@torch.library.register_fake("qat::mse_errors")
+def _mse_errors_fake(x, min, max, ratios, quant_min, quant_max, symmetric, axis=0, group_size=None):
+    return min.new_empty((*min.shape, ratios.shape[0]), dtype=torch.float64)
+
+
+@torch.library.register_fake("qat::observe_fake_quantize")
+def _observe_fake_quantize_fake(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                                averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant=False,
+                                symmetric_quant=False):
     return x.new_empty(x.shape)

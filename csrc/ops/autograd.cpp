@@ -1,5 +1,6 @@
 // Autograd for the qat ops, in C++ so LibTorch training loops and Python get the same gradients.
 // Forward redispatches below the autograd key; backward calls only registered ops.
+#include <ATen/ops/where.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -56,12 +57,60 @@ class FakeCastFunction : public torch::autograd::Function<FakeCastFunction> {
   }
 };
 
+// Straight-through gradient masked where the forward saturated, with the qparams the forward
+// used: copies, because the buffers may move again before backward runs.
+class ObserveFakeQuantizeFunction : public torch::autograd::Function<ObserveFakeQuantizeFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& observer_on,
+                            const at::Tensor& fake_quant_on, const at::Tensor& running_min,
+                            const at::Tensor& running_max, const at::Tensor& scale,
+                            const at::Tensor& zero_point, double averaging_const,
+                            int64_t quant_min, int64_t quant_max, int64_t ch_axis,
+                            bool per_row_fake_quant, bool symmetric_quant) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = call_observe_fake_quantize(x, observer_on, fake_quant_on, running_min,
+                                              running_max, scale, zero_point, averaging_const,
+                                              quant_min, quant_max, ch_axis, per_row_fake_quant,
+                                              symmetric_quant);
+    ctx->save_for_backward({x, scale.clone(), zero_point.clone(), fake_quant_on.ne(0)});
+    ctx->saved_data["quant_min"] = quant_min;
+    ctx->saved_data["quant_max"] = quant_max;
+    ctx->saved_data["axis"] = per_row_fake_quant ? ch_axis : int64_t(0);
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grad_outputs[0];
+    at::Tensor dx = std::get<0>(call_fake_quantize_backward(
+        grad, saved[0], saved[1], saved[2], ctx->saved_data["quant_min"].toInt(),
+        ctx->saved_data["quant_max"].toInt(), ctx->saved_data["axis"].toInt(), std::nullopt, 1.0,
+        false));
+    // Without fake quantization the forward was the identity; a device-side select, no sync.
+    dx = at::where(saved[3].reshape({}), dx, grad);
+    variable_list grads(13);
+    grads[0] = dx;
+    return grads;
+  }
+};
+
 at::Tensor fake_quantize_autograd(const at::Tensor& x, const at::Tensor& scale,
                                   const at::Tensor& zero_point, int64_t quant_min,
                                   int64_t quant_max, int64_t axis,
                                   std::optional<int64_t> group_size, double grad_factor) {
   return FakeQuantizeFunction::apply(x, scale, zero_point, quant_min, quant_max, axis, group_size,
                                      grad_factor);
+}
+
+at::Tensor observe_fake_quantize_autograd(
+    const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+    const at::Tensor& running_min, const at::Tensor& running_max, const at::Tensor& scale,
+    const at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
+    int64_t ch_axis, bool per_row_fake_quant, bool symmetric_quant) {
+  return ObserveFakeQuantizeFunction::apply(x, observer_on, fake_quant_on, running_min, running_max,
+                                            scale, zero_point, averaging_const, quant_min,
+                                            quant_max, ch_axis, per_row_fake_quant,
+                                            symmetric_quant);
 }
 
 at::Tensor fake_cast_autograd(const at::Tensor& x, c10::string_view fmt) {
@@ -73,6 +122,7 @@ at::Tensor fake_cast_autograd(const at::Tensor& x, c10::string_view fmt) {
 TORCH_LIBRARY_IMPL(qat, Autograd, m) {
   m.impl("fake_quantize", &fake_quantize_autograd);
   m.impl("fake_cast", &fake_cast_autograd);
+  m.impl("observe_fake_quantize", &observe_fake_quantize_autograd);
 }
 
 }  // namespace qat::ops

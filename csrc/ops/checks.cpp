@@ -17,17 +17,44 @@ kernels::DType kernel_dtype(const at::Tensor& x, const char* op) {
   }
 }
 
+kernels::ChannelLayout param_layout(const at::Tensor& x, const at::Tensor& param, int64_t axis,
+                                    std::optional<int64_t> group_size, const char* op,
+                                    const char* what) {
+  const int64_t numel = x.numel();
+  if (group_size.has_value()) {
+    const int64_t g = *group_size;
+    TORCH_CHECK(x.dim() >= 1, op, ": per-group quantization needs x with at least one dim");
+    const int64_t last = x.size(-1);
+    TORCH_CHECK(g > 0 && last % g == 0, op, ": group_size (", g,
+                ") must be positive and divide the last dim of x (", last, ")");
+    const int64_t groups = numel / g;
+    TORCH_CHECK(param.dim() >= 1 && param.size(-1) == last / g && param.numel() == groups, op,
+                ": per-group ", what, " must have shape [..., ", last / g, "] with ", groups,
+                " elements for x of shape ", x.sizes(), " and group_size ", g, ", got ",
+                param.sizes());
+    return {g, groups};
+  }
+  if (param.numel() == 1) return {numel > 0 ? numel : 1, 1};
+  TORCH_CHECK(x.dim() >= 1, op, ": x is 0-dim, so ", what, " must have one element, got ",
+              param.numel());
+  TORCH_CHECK(axis >= -x.dim() && axis < x.dim(), op, ": axis ", axis,
+              " is out of range for x with ", x.dim(), " dims");
+  const int64_t a = axis < 0 ? axis + x.dim() : axis;
+  TORCH_CHECK(param.dim() == 1 && param.numel() == x.size(a), op, ": per-channel ", what,
+              " must have shape [", x.size(a), "] (x.size(", a, ")), got ", param.sizes(),
+              "; use one element for per-tensor or group_size for per-group");
+  int64_t inner = 1;
+  for (int64_t d = a + 1; d < x.dim(); ++d) inner *= x.size(d);
+  return {inner > 0 ? inner : 1, x.size(a)};  // no elements when size(a) == 0
+}
+
 FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
                                   const at::Tensor& zero_point, int64_t quant_min,
                                   int64_t quant_max, int64_t axis,
                                   std::optional<int64_t> group_size, double grad_factor) {
   constexpr const char* op = "qat::fake_quantize";
   FakeQuantPlan plan{kernel_dtype(x, op), {1, 1}, {float(quant_min), float(quant_max)}};
-  TORCH_CHECK(quant_min < quant_max, op, ": quant_min (", quant_min,
-              ") must be less than quant_max (", quant_max, ")");
-  TORCH_CHECK(quant_min >= -65536 && quant_max <= 65535, op,
-              ": quant_min and quant_max must lie in [-65536, 65535] (at most 16-bit integers), got [",
-              quant_min, ", ", quant_max, "]");
+  check_quant_range(quant_min, quant_max, op);
   TORCH_CHECK(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
   TORCH_CHECK(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ",
               scale.scalar_type());
@@ -40,35 +67,7 @@ FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
   TORCH_CHECK(zero_point.sizes() == scale.sizes(), op, ": zero_point shape ",
               zero_point.sizes(), " must equal scale shape ", scale.sizes());
 
-  const int64_t numel = x.numel();
-  if (group_size.has_value()) {
-    const int64_t g = *group_size;
-    TORCH_CHECK(x.dim() >= 1, op, ": per-group quantization needs x with at least one dim");
-    const int64_t last = x.size(-1);
-    TORCH_CHECK(g > 0 && last % g == 0, op, ": group_size (", g,
-                ") must be positive and divide the last dim of x (", last, ")");
-    const int64_t groups = numel / g;
-    TORCH_CHECK(scale.dim() >= 1 && scale.size(-1) == last / g && scale.numel() == groups, op,
-                ": per-group scale must have shape [..., ", last / g, "] with ", groups,
-                " elements for x of shape ", x.sizes(), " and group_size ", g, ", got ",
-                scale.sizes());
-    plan.layout = {g, groups};
-  } else if (scale.numel() == 1) {
-    plan.layout = {numel > 0 ? numel : 1, 1};
-  } else {
-    TORCH_CHECK(x.dim() >= 1, op, ": x is 0-dim, so scale must have one element, got ",
-                scale.numel());
-    TORCH_CHECK(axis >= -x.dim() && axis < x.dim(), op, ": axis ", axis,
-                " is out of range for x with ", x.dim(), " dims");
-    const int64_t a = axis < 0 ? axis + x.dim() : axis;
-    TORCH_CHECK(scale.dim() == 1 && scale.numel() == x.size(a), op,
-                ": per-channel scale must have shape [", x.size(a), "] (x.size(", a,
-                ")), got ", scale.sizes(),
-                "; use one element for per-tensor or group_size for per-group");
-    int64_t inner = 1;
-    for (int64_t d = a + 1; d < x.dim(); ++d) inner *= x.size(d);
-    plan.layout = {inner > 0 ? inner : 1, x.size(a)};  // no elements when size(a) == 0
-  }
+  plan.layout = param_layout(x, scale, axis, group_size, op, "scale");
   return plan;
 }
 
@@ -94,6 +93,56 @@ kernels::CastFormat parse_cast_format(std::string_view fmt) {
   if (fmt == "fp8_e5m2") return kernels::CastFormat::fp8_e5m2;
   TORCH_CHECK(false, "qat::fake_cast: fmt must be one of fp16, bf16, fp8_e4m3, fp8_e5m2, got '",
               std::string(fmt), "'");
+}
+
+}  // namespace qat::ops
+
+namespace qat::ops {
+
+void check_quant_range(int64_t quant_min, int64_t quant_max, const char* op) {
+  TORCH_CHECK(quant_min < quant_max, op, ": quant_min (", quant_min,
+              ") must be less than quant_max (", quant_max, ")");
+  TORCH_CHECK(quant_min >= -65536 && quant_max <= 65535, op,
+              ": quant_min and quant_max must lie in [-65536, 65535] (at most 16-bit integers), got [",
+              quant_min, ", ", quant_max, "]");
+}
+
+kernels::ChannelLayout check_running_minmax(const at::Tensor& x, const at::Tensor& running_min,
+                                            const at::Tensor& running_max, int64_t axis,
+                                            std::optional<int64_t> group_size, const char* op) {
+  kernel_dtype(x, op);
+  for (const at::Tensor* t : {&running_min, &running_max}) {
+    const char* name = t == &running_min ? "running_min" : "running_max";
+    TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                t->scalar_type());
+    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
+    TORCH_CHECK(t->device() == x.device(), op, ": ", name, " is on ", t->device(),
+                " but x is on ", x.device());
+  }
+  TORCH_CHECK(running_min.sizes() == running_max.sizes(), op, ": running_max shape ",
+              running_max.sizes(), " must equal running_min shape ", running_min.sizes());
+  return param_layout(x, running_min, axis, group_size, op, "running_min");
+}
+
+void check_flag(const at::Tensor& flag, const c10::Device& device, const char* op,
+                const char* name) {
+  TORCH_CHECK(flag.numel() == 1, op, ": ", name, " must have one element, got ", flag.numel());
+  TORCH_CHECK(!at::isFloatingType(flag.scalar_type()) && !at::isComplexType(flag.scalar_type()),
+              op, ": ", name, " must be an integer or bool tensor, got ", flag.scalar_type());
+  TORCH_CHECK(flag.device() == device, op, ": ", name, " is on ", flag.device(),
+              " but x is on ", device);
+}
+
+void check_histogram(const at::Tensor& histogram, const at::Tensor& range, const char* op) {
+  TORCH_CHECK(histogram.scalar_type() == at::kLong && histogram.dim() == 1 &&
+                  histogram.numel() >= 1 && histogram.is_contiguous(),
+              op, ": histogram must be a contiguous 1-D int64 tensor with at least one bin, got ",
+              histogram.scalar_type(), " of shape ", histogram.sizes());
+  TORCH_CHECK(range.scalar_type() == at::kFloat && range.numel() == 2 && range.is_contiguous(),
+              op, ": range must be a contiguous float32 tensor of 2 elements [min, max], got ",
+              range.scalar_type(), " of shape ", range.sizes());
+  TORCH_CHECK(range.device() == histogram.device(), op, ": range is on ", range.device(),
+              " but histogram is on ", histogram.device());
 }
 
 }  // namespace qat::ops

@@ -18,6 +18,12 @@ struct FakeQuantPlan {
   kernels::QuantRange range;
 };
 
+// Which parameter element each element of x uses, from the parameter's shape: one element is
+// per tensor, [x.size(axis)] per channel, [..., x.size(-1) / group_size] per group.
+kernels::ChannelLayout param_layout(const at::Tensor& x, const at::Tensor& param, int64_t axis,
+                                    std::optional<int64_t> group_size, const char* op,
+                                    const char* what);
+
 FakeQuantPlan check_fake_quantize(const at::Tensor& x, const at::Tensor& scale,
                                   const at::Tensor& zero_point, int64_t quant_min,
                                   int64_t quant_max, int64_t axis,
@@ -34,5 +40,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_outputs(at::Tensor dx, c
 kernels::CastFormat parse_cast_format(std::string_view fmt);
 
 kernels::DType kernel_dtype(const at::Tensor& x, const char* op);
+
+}  // namespace qat::ops
+
+namespace qat::ops {
+
+// ---- observers ----
+
+// running_min / running_max: float32, contiguous (they are updated in place), equal shapes, on
+// x's device; returns the layout their shape selects (param_layout).
+kernels::ChannelLayout check_running_minmax(const at::Tensor& x, const at::Tensor& running_min,
+                                            const at::Tensor& running_max, int64_t axis,
+                                            std::optional<int64_t> group_size, const char* op);
+
+// An enable flag: one element of an integer or bool dtype on `device`.
+void check_flag(const at::Tensor& flag, const c10::Device& device, const char* op,
+                const char* name);
+
+// histogram: int64 1-D contiguous with at least one bin; range: float32 [2] contiguous.
+void check_histogram(const at::Tensor& histogram, const at::Tensor& range, const char* op);
+
+void check_quant_range(int64_t quant_min, int64_t quant_max, const char* op);
 
 }  // namespace qat::ops

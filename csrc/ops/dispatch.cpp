@@ -32,4 +32,19 @@ at::Tensor call_fake_cast(const at::Tensor& x, c10::string_view fmt) {
   return op.call(x, fmt);
 }
 
+at::Tensor call_observe_fake_quantize(const at::Tensor& x, const at::Tensor& observer_on,
+                                      const at::Tensor& fake_quant_on,
+                                      const at::Tensor& running_min,
+                                      const at::Tensor& running_max, const at::Tensor& scale,
+                                      const at::Tensor& zero_point, double averaging_const,
+                                      int64_t quant_min, int64_t quant_max, int64_t ch_axis,
+                                      bool per_row_fake_quant, bool symmetric_quant) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::observe_fake_quantize", "")
+                       .typed<decltype(call_observe_fake_quantize)>();
+  return op.call(x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point,
+                 averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant,
+                 symmetric_quant);
+}
+
 }  // namespace qat::ops

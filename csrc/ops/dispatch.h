@@ -22,3 +22,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> call_fake_quantize_backward(
 at::Tensor call_fake_cast(const at::Tensor& x, c10::string_view fmt);
 
 }  // namespace qat::ops
+
+namespace qat::ops {
+
+at::Tensor call_observe_fake_quantize(const at::Tensor& x, const at::Tensor& observer_on,
+                                      const at::Tensor& fake_quant_on,
+                                      const at::Tensor& running_min,
+                                      const at::Tensor& running_max, const at::Tensor& scale,
+                                      const at::Tensor& zero_point, double averaging_const,
+                                      int64_t quant_min, int64_t quant_max, int64_t ch_axis,
+                                      bool per_row_fake_quant, bool symmetric_quant);
+
+}  // namespace qat::ops

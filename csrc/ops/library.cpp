@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(qat, m) {
+  // ---- fake quantization ----
   m.def(
       "fake_quantize(Tensor x, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
       "int axis=0, int? group_size=None, float grad_factor=1.0) -> Tensor");
@@ -12,4 +13,36 @@ TORCH_LIBRARY(qat, m) {
       "int quant_min, int quant_max, int axis, int? group_size, float grad_factor, "
       "bool qparam_grads) -> (Tensor, Tensor, Tensor)");
   m.def("fake_cast(Tensor x, str fmt) -> Tensor");
+
+  // ---- observers ----
+  // Folds x's finite elements into running_min / running_max (granularity from their shape, as
+  // for fake_quantize's scale) when `enabled` is nonzero; averaging_constant=None keeps the
+  // plain running min / max, a value gives torch.ao's moving average.
+  m.def(
+      "update_minmax(Tensor x, Tensor(a!) running_min, Tensor(b!) running_max, Tensor enabled, "
+      "float? averaging_constant=None, int axis=0, int? group_size=None) -> ()");
+  // Running histogram of x's finite elements over the canonical grid of range = [min, max].
+  m.def("update_histogram(Tensor x, Tensor(a!) histogram, Tensor(b!) range, Tensor enabled) -> ()");
+  // The histogram of `range` re-binned, exactly, onto the grid of the wider `new_range`.
+  m.def("rebin_histogram(Tensor histogram, Tensor range, Tensor new_range) -> Tensor");
+  // [min, max] clipping range from a histogram: method "percentile" (param: percent of the
+  // mass kept) or "entropy" (TensorRT's KL search; param unused), symmetric or affine.
+  m.def(
+      "histogram_clip_range(Tensor histogram, Tensor range, str method, float param, "
+      "int quant_levels, bool symmetric) -> Tensor");
+  // torch.ao observers' scale / zero_point from min / max (float32 tensors of the same shape).
+  m.def(
+      "choose_qparams(Tensor min, Tensor max, int quant_min, int quant_max, bool symmetric) "
+      "-> (Tensor, Tensor)");
+  // Squared fake-quant error of x for each clipping candidate ratios[r] * [min, max], per
+  // tensor / channel / group (min's shape), in one pass over x: shape min.shape + [R], float64.
+  m.def(
+      "mse_errors(Tensor x, Tensor min, Tensor max, Tensor ratios, int quant_min, int quant_max, "
+      "bool symmetric, int axis=0, int? group_size=None) -> Tensor");
+  // torch.fused_moving_avg_obs_fake_quant's semantics, any channel axis, float zero points.
+  m.def(
+      "observe_fake_quantize(Tensor x, Tensor observer_on, Tensor fake_quant_on, "
+      "Tensor(a!) running_min, Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, "
+      "float averaging_const, int quant_min, int quant_max, int ch_axis, "
+      "bool per_row_fake_quant=False, bool symmetric_quant=False) -> Tensor");
 }
