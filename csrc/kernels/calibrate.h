@@ -20,8 +20,8 @@ ClipRange histogram_percentile(const int64_t* counts, HistogramGrid grid, float 
 
 // TensorRT's entropy calibration on the |x| histogram: for every candidate clip of i bins, the
 // KL divergence between the clipped distribution (outliers folded into the last kept bin) and
-// its `levels`-level quantization (each level's mass spread over its non-empty bins); the last
-// minimum wins. Returns [-amax, amax] intersected with the observed range.
+// its `levels`-level quantization (each level's mass spread over its non-empty bins, empty bins
+// smoothed to 1e-4 counts as MXNet's and TVM's calibrators do); the last minimum wins. Returns [-amax, amax] intersected with the observed range.
 ClipRange histogram_entropy(const int64_t* counts, HistogramGrid grid, float data_min,
                             float data_max, int64_t levels);
 

@@ -123,6 +123,11 @@ TORCH_LIBRARY_IMPL(qat, Autograd, m) {
   m.impl("fake_quantize", &fake_quantize_autograd);
   m.impl("fake_cast", &fake_cast_autograd);
   m.impl("observe_fake_quantize", &observe_fake_quantize_autograd);
+  // Statistics and calibration are not differentiable: their outputs never require grad.
+  for (const char* op : {"update_minmax", "update_histogram", "rebin_histogram",
+                         "histogram_clip_range", "choose_qparams", "mse_errors"}) {
+    m.impl(op, torch::CppFunction::makeFallthrough());
+  }
 }
 
 }  // namespace qat::ops

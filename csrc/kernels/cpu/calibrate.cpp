@@ -7,6 +7,8 @@
 namespace qat::kernels {
 namespace {
 
+constexpr double kEps = 1e-4;  // smoothing of the entropy search's candidate distribution, in counts
+
 // The |x| histogram: signed global bin g covers [g w, (g + 1) w), so |x| lies in bin g for g >= 0
 // and in bin -g - 1 for g < 0 (bin edges fold onto bin edges). Data far from zero would need
 // many empty bins below it, so bins merge in powers of two (edges stay edges) until at most
@@ -96,13 +98,19 @@ ClipRange histogram_entropy(const int64_t* counts, HistogramGrid grid, float dat
       }
       const double kept = total - suffix[i];  // Q's mass: the clipped bins without outliers
       if (kept <= 0.0) continue;
+      // Q is 0 on empty bins, where P may still hold folded outliers: smooth it as MXNet's and
+      // TVM's KL calibrators do (kEps counts on each empty bin, taken evenly from the others),
+      // so the divergence stays finite.
+      double empty = 0.0;
+      for (int64_t j = 0; j < i; ++j) empty += p_all[j] > 0.0 ? 0.0 : 1.0;
+      const double taken = kEps * empty / (double(i) - empty);
       double kl = 0.0;
       for (int64_t j = 0; j < i; ++j) {
         const double p = (p_all[j] + (j == i - 1 ? suffix[i] : 0.0)) / total;
         if (p <= 0.0) continue;
         const int64_t k = j * levels / i;
-        const double q = p_all[j] > 0.0 ? level_mass[k] / level_nonzero[k] / kept : 0.0;
-        kl += q > 0.0 ? p * std::log(p / q) : INFINITY;
+        const double q_count = p_all[j] > 0.0 ? level_mass[k] / level_nonzero[k] - taken : kEps;
+        kl += p * std::log(p / (std::max(q_count, kEps) / kept));
       }
       if (kl <= best) {  // the last minimum, as TensorRT picks it
         best = kl;
