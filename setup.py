@@ -40,7 +40,7 @@ class CMakeBuild(build_ext):
         if "QAT_USE_CUDA" in os.environ:
             config.append(f"-DQAT_USE_CUDA={os.environ['QAT_USE_CUDA']}")
         subprocess.check_call(config)
-        subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "qat_C"])
+        subprocess.check_call(["cmake", "--build", str(build_dir), "--target", "qat_C", "--target", "qat_export_python"])
 
 
 setup(

