@@ -44,5 +44,8 @@ TORCH_LIBRARY(qat, m) {
       "observe_fake_quantize(Tensor x, Tensor observer_on, Tensor fake_quant_on, "
       "Tensor(a!) running_min, Tensor(b!) running_max, Tensor(c!) scale, Tensor(d!) zero_point, "
       "float averaging_const, int quant_min, int quant_max, int ch_axis, "
-      "bool per_row_fake_quant=False, bool symmetric_quant=False) -> Tensor");
+      "bool per_row_fake_quant=False, bool symmetric_quant=False) -> Tensor",
+      // Any strides do (the kernels read contiguous copies). The default, needs_exact_strides,
+      // trips torch 2.13 inductor's decomposition of a mutating op that also returns a tensor.
+      {at::Tag::flexible_layout});
 }

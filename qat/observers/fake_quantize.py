@@ -47,6 +47,8 @@ class MovingAverageFakeQuantize(ObserverBase):
         return self
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.numel() == 0:
+            return x
         shape = torch.Size(stats_shape(x, self.axis, None))
         if self.min_val.shape != shape:
             if self.min_val.numel() != 0:
@@ -101,7 +103,12 @@ class LearnableFakeQuantize(ObserverBase):
         else:
             self.zero_point = nn.Parameter(zero_point)
         self.register_buffer("initialized", torch.zeros(1, dtype=torch.uint8))
-        self._initialized = False  # host-side mirror of the buffer: no device read per step
+        self._initialized = False  # host-side mirrors of the buffers: no device read per step
+        self._enabled = True
+
+    def enable(self, on: bool = True) -> "LearnableFakeQuantize":
+        self._enabled = on
+        return super().enable(on)
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -118,11 +125,12 @@ class LearnableFakeQuantize(ObserverBase):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized = bool(self.initialized)
+        self._enabled = bool(self.enabled)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._initialized:
             self.initialize(x)
-        if not bool(self.enabled):
+        if not self._enabled:
             return x
         with torch.no_grad():
             self.scale.clamp_(min=MIN_SCALE)

@@ -75,6 +75,8 @@ class MinMaxObserver(ObserverBase):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
+        if x.numel() == 0:  # nothing to observe; its shape may not even name the channels
+            return x
         x_obs = x.detach()
         self._sized(x_obs)
         axis = 0 if self.axis is None else self.axis

@@ -77,7 +77,7 @@ class MSEObserver(ObserverBase):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        if bool(self.enabled):  # calibration only: one host read per call is fine here
+        if x.numel() > 0 and bool(self.enabled):  # calibration only: one host read per call is fine here
             self.min_val, self.max_val, self.errors = _search(
                 x.detach(), self.quant_min, self.quant_max, self.symmetric, self.axis,
                 self.group_size, self.ratios)
