@@ -178,6 +178,152 @@ float make_qkx2_quants(int n, int nmax, const float* x, const float* weights, ui
   return scale;
 }
 
+// ---- the same search, run on all sub-blocks of a super-block at once --------------------------
+// make_qkx2_quants is a chain of short serial fp32 sums (32 or 16 terms per trial, 16 to 21
+// trials), so one sub-block at a time is latency-bound. The sub-blocks of a super-block are
+// independent: below, lane l runs sub-block l with exactly the scalar code's operations in the
+// scalar code's order (so the results are bit-identical; tests compare both on random input),
+// and the innermost loops run across lanes, which the compiler vectorizes.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(QAT_EXPORT_NO_CLONES)
+#define QAT_EXPORT_CLONES __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define QAT_EXPORT_CLONES
+#endif
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+template <int NL> struct Lanes;
+template <> struct Lanes<8> { using F = v8f; using I = v8i; };
+
+// NL sub-blocks of N elements, x[l*N + i]; lane l of every vector below is sub-block l.
+// Weights: |x| (kAbsWeights, Q2_K) or sqrt(sum x^2 / N) + |x| (Q4_K, Q5_K).
+// Writes L[l*N + i], scales[l], mins[l] (the_min). Branches of the scalar code become selects.
+template <int NL, int N, bool kMad, bool kAbsWeights>
+__attribute__((always_inline)) inline void qkx2_lanes(const float* x, int nmax, float rmin, float rdelta, int nstep,
+                                                      uint8_t* L, float* scales, float* mins) {
+  using F = typename Lanes<NL>::F;
+  using I = typename Lanes<NL>::I;
+  const I zero_i = {};
+  const I nmax_i = zero_i + nmax;
+  const F zero_f = {};
+  auto fabs_v = [](F v) __attribute__((always_inline)) { return reinterpret_cast<F>(reinterpret_cast<I>(v) & 0x7fffffff); };
+  // nearest_int (bit trick), then clamp to [0, nmax], as a float.
+  auto quant = [&](F v) __attribute__((always_inline)) {
+    const F t = v + 12582912.f;
+    I q = (reinterpret_cast<I>(t) & 0x007fffff) - 0x00400000;
+    q = q < 0 ? zero_i : q;
+    q = q > nmax_i ? nmax_i : q;
+    return __builtin_convertvector(q, F);
+  };
+
+  F xt[N], wt[N], Lf[N], Laux[N];
+  for (int l = 0; l < NL; ++l)
+    for (int i = 0; i < N; ++i) xt[i][l] = x[l * N + i];
+  if (kAbsWeights) {
+    for (int i = 0; i < N; ++i) wt[i] = fabs_v(xt[i]);
+  } else {
+    F sum_x2 = zero_f;
+    for (int i = 0; i < N; ++i) sum_x2 += xt[i] * xt[i];
+    F av_x;
+    for (int l = 0; l < NL; ++l) av_x[l] = std::sqrt(sum_x2[l] / N);
+    for (int i = 0; i < N; ++i) wt[i] = av_x + fabs_v(xt[i]);
+  }
+  F mn = xt[0], mx = xt[0], sum_w = wt[0], sum_x = wt[0] * xt[0];
+  for (int i = 1; i < N; ++i) {
+    mn = xt[i] < mn ? xt[i] : mn;
+    mx = xt[i] > mx ? xt[i] : mx;
+    sum_w += wt[i];
+    sum_x += wt[i] * xt[i];
+  }
+  mn = mn > 0 ? zero_f : mn;
+  const I flat = mx == mn;  // all zero (or all equal and <= 0): L = 0, scale 0
+  const F one_f = zero_f + 1.0f;
+  F range = flat ? one_f : mx - mn;
+  F iscale = static_cast<float>(nmax) / range;
+  F scale = 1 / iscale;
+  F best = zero_f;
+  for (int i = 0; i < N; ++i) {
+    Lf[i] = quant(iscale * (xt[i] - mn));
+    F diff = scale * Lf[i] + mn - xt[i];
+    diff = kMad ? fabs_v(diff) : diff * diff;
+    best += wt[i] * diff;
+  }
+  for (int is = 0; is <= nstep; ++is) {
+    range = flat ? one_f : mx - mn;
+    iscale = (rmin + rdelta * is + nmax) / range;
+    F sum_l = zero_f, sum_l2 = zero_f, sum_xl = zero_f;
+    for (int i = 0; i < N; ++i) {
+      const F lf = quant(iscale * (xt[i] - mn));
+      Laux[i] = lf;
+      sum_l += wt[i] * lf;
+      sum_l2 += wt[i] * lf * lf;
+      sum_xl += wt[i] * lf * xt[i];
+    }
+    const F D = sum_w * sum_l2 - sum_l * sum_l;
+    const I ok = (D > 0) & ~flat;
+    F this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+    F this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+    const I pos = this_min > 0;
+    this_scale = pos ? sum_xl / sum_l2 : this_scale;
+    this_min = pos ? zero_f : this_min;
+    this_scale = ok ? this_scale : zero_f;
+    this_min = ok ? this_min : zero_f;
+    F cur = zero_f;
+    for (int i = 0; i < N; ++i) {
+      F diff = this_scale * Laux[i] + this_min - xt[i];
+      diff = kMad ? fabs_v(diff) : diff * diff;
+      cur += wt[i] * diff;
+    }
+    const I accept = ok & (cur < best);
+    for (int i = 0; i < N; ++i) Lf[i] = accept ? Laux[i] : Lf[i];
+    best = accept ? cur : best;
+    scale = accept ? this_scale : scale;
+    mn = accept ? this_min : mn;  // feeds the next trials' (max - min) and (x - min)
+  }
+  for (int l = 0; l < NL; ++l) {
+    scales[l] = flat[l] ? 0.0f : scale[l];
+    mins[l] = -mn[l];
+    for (int i = 0; i < N; ++i) L[l * N + i] = flat[l] ? 0 : static_cast<uint8_t>(Lf[i][l]);
+  }
+}
+
+QAT_EXPORT_CLONES void search_q2_K_lanes(const float* x, uint8_t* L, float* scales, float* mins) {
+  // Two halves of 8 lanes: 16-lane (64-byte) vectors compile poorly without AVX-512.
+  qkx2_lanes<8, 16, true, true>(x, 3, -0.5f, 0.1f, 15, L, scales, mins);
+  qkx2_lanes<8, 16, true, true>(x + 128, 3, -0.5f, 0.1f, 15, L + 128, scales + 8, mins + 8);
+}
+QAT_EXPORT_CLONES void search_q4_K_lanes(const float* x, uint8_t* L, float* scales, float* mins) {
+  qkx2_lanes<QK_K / 32, 32, false, false>(x, 15, -1.f, 0.1f, 20, L, scales, mins);
+}
+QAT_EXPORT_CLONES void search_q5_K_lanes(const float* x, uint8_t* L, float* scales, float* mins) {
+  qkx2_lanes<QK_K / 32, 32, false, false>(x, 31, -0.5f, 0.1f, 15, L, scales, mins);
+}
+
+// The straight ports, one sub-block at a time (the ground truth for the lanes above).
+void search_q2_K_scalar(const float* x, uint8_t* L, float* scales, float* mins) {
+  float weights[16];
+  uint8_t Laux[16];
+  for (int j = 0; j < QK_K / 16; ++j) {
+    for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
+    scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
+  }
+}
+template <int NMAX>
+void search_k4_scalar(const float* x, uint8_t* L, float* scales, float* mins) {
+  float weights[32];
+  uint8_t Laux[32];
+  for (int j = 0; j < QK_K / 32; ++j) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
+    scales[j] = NMAX == 15
+                    ? make_qkx2_quants(32, 15, xs, weights, L + 32 * j, &mins[j], Laux, -1.f, 0.1f, 20, false)
+                    : make_qkx2_quants(32, 31, xs, weights, L + 32 * j, &mins[j], Laux, -0.5f, 0.1f, 15, false);
+  }
+}
+
 // 6-bit scale/min packing of Q4_K/Q5_K (get_scale_min_k4).
 inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
   if (j < 4) {
@@ -200,21 +346,17 @@ inline void set_scale_min_k4(int j, uint8_t ls, uint8_t lm, uint8_t* scales) {
   }
 }
 
+using SearchFn = void (*)(const float* x, uint8_t* L, float* scales, float* mins);
+
 // Shared by Q4_K (nmax 15) and Q5_K (nmax 31): sub-block search, 6-bit scales, re-quantize.
 // Writes d, dmin, scales and the 256 codes in L.
 template <int NMAX>
 void quantize_superblock_k4(const float* x, half_bits* d_out, half_bits* dmin_out, uint8_t* packed, uint8_t* L,
-                            float rmin, int nstep) {
-  float mins[QK_K / 32], scales[QK_K / 32], weights[32];
-  uint8_t Laux[32];
+                            SearchFn search) {
+  float mins[QK_K / 32], scales[QK_K / 32];
+  search(x, L, scales, mins);
   float max_scale = 0, max_min = 0;
   for (int j = 0; j < QK_K / 32; ++j) {
-    const float* xs = x + 32 * j;
-    float sum_x2 = 0;
-    for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
-    const float av_x = std::sqrt(sum_x2 / 32);
-    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
-    scales[j] = make_qkx2_quants(32, NMAX, xs, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, false);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -246,15 +388,15 @@ void quantize_superblock_k4(const float* x, half_bits* d_out, half_bits* dmin_ou
 }  // namespace
 
 // ---- Q2_K ---------------------------------------------------------------------------------------
-void quantize_row_q2_K_ref(const float* x, block_q2_K* y, int64_t k) {
+namespace {
+void q2_K_rows(const float* x, block_q2_K* y, int64_t k, SearchFn search) {
   const float q4scale = 15.f;
   for (int64_t i = 0; i < k / QK_K; ++i, x += QK_K) {
-    uint8_t L[QK_K], Laux[16];
-    float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+    uint8_t L[QK_K];
+    float mins[QK_K / 16], scales[QK_K / 16];
+    search(x, L, scales, mins);
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < QK_K / 16; ++j) {
-      for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
-      scales[j] = make_qkx2_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true);
       if (scales[j] > max_scale) max_scale = scales[j];
       if (mins[j] > max_min) max_min = mins[j];
     }
@@ -289,6 +431,11 @@ void quantize_row_q2_K_ref(const float* x, block_q2_K* y, int64_t k) {
             static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
   }
 }
+
+}  // namespace
+
+void quantize_row_q2_K_ref(const float* x, block_q2_K* y, int64_t k) { q2_K_rows(x, y, k, search_q2_K_lanes); }
+void scalar::quantize_row_q2_K_ref(const float* x, block_q2_K* y, int64_t k) { q2_K_rows(x, y, k, search_q2_K_scalar); }
 
 void dequantize_row_q2_K(const block_q2_K* x, float* y, int64_t k) {
   for (int64_t i = 0; i < k / QK_K; ++i, y += QK_K) {
@@ -373,14 +520,22 @@ void dequantize_row_q3_K(const block_q3_K* x, float* y, int64_t k) {
 }
 
 // ---- Q4_K ---------------------------------------------------------------------------------------
-void quantize_row_q4_K_ref(const float* x, block_q4_K* y, int64_t k) {
+namespace {
+void q4_K_rows(const float* x, block_q4_K* y, int64_t k, SearchFn search) {
   for (int64_t i = 0; i < k / QK_K; ++i, x += QK_K) {
     uint8_t L[QK_K];
-    quantize_superblock_k4<15>(x, &y[i].d, &y[i].dmin, y[i].scales, L, -1.f, 20);
+    quantize_superblock_k4<15>(x, &y[i].d, &y[i].dmin, y[i].scales, L, search);
     // Element e, p = e/64, r = e%64: low nibble of qs[32p + r] (r < 32), else high nibble.
     for (int j = 0; j < QK_K; j += 64)
       for (int l = 0; l < 32; ++l) y[i].qs[j / 2 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 4));
   }
+}
+
+}  // namespace
+
+void quantize_row_q4_K_ref(const float* x, block_q4_K* y, int64_t k) { q4_K_rows(x, y, k, search_q4_K_lanes); }
+void scalar::quantize_row_q4_K_ref(const float* x, block_q4_K* y, int64_t k) {
+  q4_K_rows(x, y, k, search_k4_scalar<15>);
 }
 
 void dequantize_row_q4_K(const block_q4_K* x, float* y, int64_t k) {
@@ -398,10 +553,11 @@ void dequantize_row_q4_K(const block_q4_K* x, float* y, int64_t k) {
 }
 
 // ---- Q5_K ---------------------------------------------------------------------------------------
-void quantize_row_q5_K_ref(const float* x, block_q5_K* y, int64_t k) {
+namespace {
+void q5_K_rows(const float* x, block_q5_K* y, int64_t k, SearchFn search) {
   for (int64_t i = 0; i < k / QK_K; ++i, x += QK_K) {
     uint8_t L[QK_K];
-    quantize_superblock_k4<31>(x, &y[i].d, &y[i].dmin, y[i].scales, L, -0.5f, 15);
+    quantize_superblock_k4<31>(x, &y[i].d, &y[i].dmin, y[i].scales, L, search);
     // Low 4 bits packed like Q4_K; bit 4 of element e -> qh[e % 32] bit e/32.
     std::memset(y[i].qh, 0, QK_K / 8);
     for (int e = 0; e < QK_K; ++e)
@@ -410,6 +566,13 @@ void quantize_row_q5_K_ref(const float* x, block_q5_K* y, int64_t k) {
       for (int l = 0; l < 32; ++l)
         y[i].qs[j / 2 + l] = static_cast<uint8_t>((L[j + l] & 0xF) | ((L[j + l + 32] & 0xF) << 4));
   }
+}
+
+}  // namespace
+
+void quantize_row_q5_K_ref(const float* x, block_q5_K* y, int64_t k) { q5_K_rows(x, y, k, search_q5_K_lanes); }
+void scalar::quantize_row_q5_K_ref(const float* x, block_q5_K* y, int64_t k) {
+  q5_K_rows(x, y, k, search_k4_scalar<31>);
 }
 
 void dequantize_row_q5_K(const block_q5_K* x, float* y, int64_t k) {

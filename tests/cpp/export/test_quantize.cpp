@@ -419,3 +419,59 @@ TEST(Layout, LegacyNibbleOrder) {
     EXPECT_EQ(z[j + 16], static_cast<float>(kvalues_iq4nl[15 - j]));
   }
 }
+
+// ---- the side-by-side K-quant searches equal the one-sub-block-at-a-time ports -------------------
+namespace {
+std::vector<float> k_quant_stress_input(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::uniform_real_distribution<float> logscale(-12.0f, 12.0f);
+  std::vector<float> x(static_cast<size_t>(QK_K) * 64);
+  for (size_t sb = 0; sb < 64; ++sb) {
+    float* b = x.data() + sb * QK_K;
+    const int kind = static_cast<int>(sb % 8);
+    for (int e = 0; e < QK_K; ++e) {
+      const int sub = e / 16;
+      float v = normal(rng);
+      switch (kind) {
+        case 0: break;                                                   // plain normal
+        case 1: v = std::fabs(v) + 0.5f; break;                          // all positive
+        case 2: v = -std::fabs(v) - 0.5f; break;                         // all negative
+        case 3: v = (sub % 3 == 0) ? 0.0f : v; break;                    // zero sub-blocks
+        case 4: v = (sub % 4 == 1) ? 0.375f : v * 1e-3f; break;          // constant sub-blocks
+        case 5: v = (e % 37 == 0) ? 40.0f * v : 0.01f * v; break;        // outliers
+        case 6: v *= std::exp2(static_cast<float>(sub) - 8.0f); break;   // scales across sub-blocks
+        case 7: v = uni(rng) * std::exp2(logscale(rng)); break;          // wild magnitudes
+      }
+      b[e] = v;
+    }
+  }
+  return x;
+}
+}  // namespace
+
+TEST(KQuantLanes, SameBytesAsTheScalarPorts) {
+  for (uint32_t seed = 0; seed < 20; ++seed) {
+    const auto x = k_quant_stress_input(seed);
+    const int64_t n = static_cast<int64_t>(x.size());
+    {
+      std::vector<block_q2_K> a(n / QK_K), b(n / QK_K);
+      quantize_row_q2_K_ref(x.data(), a.data(), n);
+      scalar::quantize_row_q2_K_ref(x.data(), b.data(), n);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0]))) << "Q2_K seed " << seed;
+    }
+    {
+      std::vector<block_q4_K> a(n / QK_K), b(n / QK_K);
+      quantize_row_q4_K_ref(x.data(), a.data(), n);
+      scalar::quantize_row_q4_K_ref(x.data(), b.data(), n);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0]))) << "Q4_K seed " << seed;
+    }
+    {
+      std::vector<block_q5_K> a(n / QK_K), b(n / QK_K);
+      quantize_row_q5_K_ref(x.data(), a.data(), n);
+      scalar::quantize_row_q5_K_ref(x.data(), b.data(), n);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0]))) << "Q5_K seed " << seed;
+    }
+  }
+}
