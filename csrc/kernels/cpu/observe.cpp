@@ -3,6 +3,8 @@
 #include "../observe.h"
 #include "cpu_common.h"
 
+#include <vector>
+
 namespace qat::kernels::cpu {
 namespace {
 
@@ -71,18 +73,59 @@ QAT_INLINE void minmax_impl(const void* xv, int64_t begin, int64_t end, ChannelL
   });
 }
 
+// Bin indices are computed in fp32 in blocks (vectorized: scaling by a power of two is exact, and
+// |x / 2^exponent| < 2^25 for x inside the grid's range), then counted into interleaved copies
+// of the histogram so consecutive equal bins do not serialize on one counter. The finite
+// min / max come out of the same pass, so a caller can tell whether the grid covered the batch.
 template <class T>
 QAT_INLINE void histogram_impl(const void* xv, int64_t begin, int64_t end, HistogramGrid grid,
-                               int64_t* counts) {
+                               int64_t* counts, float* lo, float* hi) {
   auto x = static_cast<const typename T::Storage*>(xv);
-  const double inv_width = ldexp(1.0, -grid.exponent);  // exact: a power of two in double
-  for (int64_t i = begin; i < end; ++i) {
-    float v = T::load(x[i]);
-    if (!is_finite(v)) continue;
-    int64_t k = floor_to_int(double(v) * inv_width) - grid.first;
-    k = k < 0 ? 0 : (k >= grid.bins ? grid.bins - 1 : k);
-    ++counts[k];
+  const int64_t bins = grid.bins;
+  float l = *lo, h = *hi;
+  if (grid.exponent < -126 || grid.exponent > 126) {  // 2^-exponent is no normal float: rare
+    const double inv_width = ldexp(1.0, -grid.exponent);
+    for (int64_t i = begin; i < end; ++i) {
+      float v = T::load(x[i]);
+      if (!is_finite(v)) continue;
+      l = v < l ? v : l;
+      h = v > h ? v : h;
+      int64_t k = floor_to_int(double(v) * inv_width) - grid.first;
+      ++counts[k < 0 ? 0 : (k >= bins ? bins - 1 : k)];
+    }
+    *lo = l;
+    *hi = h;
+    return;
   }
+  constexpr int64_t kBlock = 256;
+  constexpr int64_t kCopies = 4;
+  std::vector<int64_t> copies(size_t(kCopies * bins), 0);
+  const float inv = ldexpf(1.0f, -grid.exponent);
+  // Clamp the scaled value before converting: far outside the grid it may not fit an int32.
+  const float lowest = float(grid.first) - 1.0f, highest = float(grid.first + bins);
+  const int32_t first = int32_t(grid.first), last = int32_t(bins - 1);
+  int32_t idx[kBlock];
+  for (int64_t i = begin; i < end; i += kBlock) {
+    const int64_t n = end - i < kBlock ? end - i : kBlock;
+    minmax_run<T>(x + i, n, &l, &h);
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = T::load(x[i + j]);
+      const bool f = is_finite(v);
+      float r = v * inv;
+      r = r < lowest ? lowest : (r > highest ? highest : r);
+      // A negative value whose scaled form underflows to -0 still lies in bin -1.
+      int32_t k = int32_t(floorf(r)) - int32_t((v < 0.0f) & (r == 0.0f)) - first;
+      k = k < 0 ? 0 : (k > last ? last : k);
+      idx[j] = f ? k : -1;
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      if (idx[j] >= 0) ++copies[size_t((j & (kCopies - 1)) * bins + idx[j])];
+    }
+  }
+  for (int64_t c = 0; c < kCopies; ++c)
+    for (int64_t b = 0; b < bins; ++b) counts[b] += copies[size_t(c * bins + b)];
+  *lo = l;
+  *hi = h;
 }
 
 // One chunk of a run, already widened to fp32 with non-finite elements replaced by 0 (which
@@ -152,12 +195,13 @@ void minmax(DType dtype, const void* x, int64_t begin, int64_t end, ChannelLayou
   }
 }
 
+QAT_CPU_CLONES
 void histogram_add(DType dtype, const void* x, int64_t begin, int64_t end, HistogramGrid grid,
-                   int64_t* counts) {
+                   int64_t* counts, float* min, float* max) {
   switch (dtype) {
-    case DType::f32: return histogram_impl<F32>(x, begin, end, grid, counts);
-    case DType::f16: return histogram_impl<F16>(x, begin, end, grid, counts);
-    case DType::bf16: return histogram_impl<BF16>(x, begin, end, grid, counts);
+    case DType::f32: return histogram_impl<F32>(x, begin, end, grid, counts, min, max);
+    case DType::f16: return histogram_impl<F16>(x, begin, end, grid, counts, min, max);
+    case DType::bf16: return histogram_impl<BF16>(x, begin, end, grid, counts, min, max);
   }
 }
 
