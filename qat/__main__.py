@@ -16,6 +16,7 @@ from typing import List, Optional
 # name -> (module under qat, one-line help)
 COMMANDS = {
     "weights": ("weight_error", "fake-quantize a model's weights and print the error per bit width"),
+    "inspect": ("export.inspect", "show a GGUF file's metadata, tensors, bits per weight and size per component"),
 }
 
 
