@@ -219,7 +219,7 @@ void dequantize_row_q8_0(const block_q8_0* x, float* y, int64_t k) {
 }
 
 // ---- IQ4_NL: quantize_iq4_nl (ntry = 7, no imatrix: weights x^2) -------------------------------
-void quantize_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
+void scalar::quantize_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
   constexpr int ntry = 7;
   const int8_t* values = kvalues_iq4nl;
   for (int64_t i = 0; i < k / QK; ++i, x += QK) {
@@ -266,6 +266,90 @@ void quantize_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
     for (int j = 0; j < QK; ++j) L[j] = static_cast<uint8_t>(best_index_iq4nl(id * x[j]));
     for (int j = 0; j < QK / 2; ++j) y[i].qs[j] = static_cast<uint8_t>(L[j] | (L[j + QK / 2] << 4));
   }
+}
+
+// The same search for 8 blocks at once, lane b = block b, with the scalar code's fp32 operations
+// in its order (tests compare the two). best_index_int8's binary search becomes: the bracketing
+// codebook pair (lo, hi) of v is found by counting entries <= v, then the same comparison
+// `v - lo < hi - v` picks one (for v outside [-127, 113] it picks the end, as the search does).
+namespace {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(QAT_EXPORT_NO_CLONES)
+#define QAT_EXPORT_CLONES_IQ4 __attribute__((target_clones("default", "arch=x86-64-v3")))
+#else
+#define QAT_EXPORT_CLONES_IQ4
+#endif
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+QAT_EXPORT_CLONES_IQ4 void iq4_nl_scales_8(const float* x, float* d_out) {
+  constexpr int ntry = 7;
+  const int8_t* values = kvalues_iq4nl;
+  const v8f zero = {};
+  v8f xt[QK], w[QK];
+  for (int b = 0; b < 8; ++b)
+    for (int j = 0; j < QK; ++j) xt[j][b] = x[b * QK + j];
+  v8f amax = zero, max = zero;
+  for (int j = 0; j < QK; ++j) {
+    w[j] = xt[j] * xt[j];
+    const v8f ax = reinterpret_cast<v8f>(reinterpret_cast<v8i>(xt[j]) & 0x7fffffff);
+    const v8i bigger = ax > amax;
+    amax = bigger ? ax : amax;
+    max = bigger ? xt[j] : max;
+  }
+  auto nearest_value = [&](v8f v) __attribute__((always_inline)) {
+    v8f lo = zero + static_cast<float>(values[0]), hi = zero + static_cast<float>(values[1]);
+    for (int k = 1; k < 15; ++k) {
+      const v8i le = (zero + static_cast<float>(values[k])) <= v;
+      lo = le ? zero + static_cast<float>(values[k]) : lo;
+      hi = le ? zero + static_cast<float>(values[k + 1]) : hi;
+    }
+    return (v - lo < hi - v) ? lo : hi;
+  };
+  const v8i live = !(amax < 1e-15f);
+  const v8f safe_max = live ? max : zero + 1.0f;
+  v8f d = -safe_max / static_cast<float>(values[0]);
+  v8f id = 1 / d;
+  v8f sumqx = zero, sumq2 = zero;
+  for (int j = 0; j < QK; ++j) {
+    const v8f q = nearest_value(id * xt[j]);
+    sumqx += w[j] * q * xt[j];
+    sumq2 += w[j] * q * q;
+  }
+  d = sumq2 > 0 ? sumqx / sumq2 : zero;
+  v8f best = d * sumqx;
+  for (int itry = -ntry; itry <= ntry; ++itry) {
+    id = static_cast<float>(itry + values[0]) / safe_max;
+    sumqx = sumq2 = zero;
+    for (int j = 0; j < QK; ++j) {
+      const v8f q = nearest_value(id * xt[j]);
+      sumqx += w[j] * q * xt[j];
+      sumq2 += w[j] * q * q;
+    }
+    const v8i better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2);
+    const v8f nd = sumqx / sumq2;
+    d = better ? nd : d;
+    best = better ? nd * sumqx : best;
+  }
+  d = live ? d : zero;
+  for (int b = 0; b < 8; ++b) d_out[b] = d[b];
+}
+}  // namespace
+
+void quantize_iq4_nl(const float* x, block_iq4_nl* y, int64_t k) {
+  const int64_t nb = k / QK;
+  int64_t i = 0;
+  for (; i + 8 <= nb; i += 8) {
+    float d[8];
+    iq4_nl_scales_8(x + i * QK, d);
+    for (int b = 0; b < 8; ++b) {
+      const float* xb = x + (i + b) * QK;
+      y[i + b].d = fp32_to_fp16(d[b]);
+      const float id = d[b] != 0.0f ? 1 / d[b] : 0;  // re-index with the fp32 scale
+      for (int j = 0; j < QK / 2; ++j)
+        y[i + b].qs[j] = static_cast<uint8_t>(best_index_iq4nl(id * xb[j]) | (best_index_iq4nl(id * xb[j + QK / 2]) << 4));
+    }
+  }
+  if (i < nb) scalar::quantize_iq4_nl(x + i * QK, y + i, (nb - i) * QK);
 }
 
 void dequantize_row_iq4_nl(const block_iq4_nl* x, float* y, int64_t k) {

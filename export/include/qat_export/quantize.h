@@ -119,13 +119,14 @@ void dequantize_row_q5_K(const block_q5_K* x, float* y, int64_t k);
 void dequantize_row_q6_K(const block_q6_K* x, float* y, int64_t k);
 void dequantize_row_iq4_nl(const block_iq4_nl* x, float* y, int64_t k);
 
-// The straight one-sub-block-at-a-time ports of the K-quant searches, kept as the ground truth
+// The straight one-(sub-)block-at-a-time ports of the searches, kept as the ground truth
 // the functions above (which run the sub-blocks of a super-block side by side, with the same
 // fp32 operations in the same order) are tested against. Same bytes, slower.
 namespace scalar {
 void quantize_row_q2_K_ref(const float* x, block_q2_K* y, int64_t k);
 void quantize_row_q4_K_ref(const float* x, block_q4_K* y, int64_t k);
 void quantize_row_q5_K_ref(const float* x, block_q5_K* y, int64_t k);
+void quantize_iq4_nl(const float* x, block_iq4_nl* y, int64_t k);
 }  // namespace scalar
 
 // ---- type-generic entry points ----------------------------------------------------------------

@@ -420,7 +420,7 @@ TEST(Layout, LegacyNibbleOrder) {
   }
 }
 
-// ---- the side-by-side K-quant searches equal the one-sub-block-at-a-time ports -------------------
+// ---- the side-by-side searches (K-quants, IQ4_NL) equal the one-block-at-a-time ports -------------------
 namespace {
 std::vector<float> k_quant_stress_input(uint32_t seed) {
   std::mt19937 rng(seed);
@@ -451,7 +451,7 @@ std::vector<float> k_quant_stress_input(uint32_t seed) {
 }
 }  // namespace
 
-TEST(KQuantLanes, SameBytesAsTheScalarPorts) {
+TEST(SearchLanes, SameBytesAsTheScalarPorts) {
   for (uint32_t seed = 0; seed < 20; ++seed) {
     const auto x = k_quant_stress_input(seed);
     const int64_t n = static_cast<int64_t>(x.size());
@@ -466,6 +466,15 @@ TEST(KQuantLanes, SameBytesAsTheScalarPorts) {
       quantize_row_q4_K_ref(x.data(), a.data(), n);
       scalar::quantize_row_q4_K_ref(x.data(), b.data(), n);
       ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0]))) << "Q4_K seed " << seed;
+    }
+    {
+      // 64 super-blocks = 512 IQ4_NL blocks; also an odd count that leaves a scalar tail.
+      for (int64_t m : {n, n - 5 * 32}) {
+        std::vector<block_iq4_nl> a(m / 32), b(m / 32);
+        quantize_iq4_nl(x.data(), a.data(), m);
+        scalar::quantize_iq4_nl(x.data(), b.data(), m);
+        ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0]))) << "IQ4_NL seed " << seed;
+      }
     }
     {
       std::vector<block_q5_K> a(n / QK_K), b(n / QK_K);
