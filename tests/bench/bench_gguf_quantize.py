@@ -126,9 +126,10 @@ def main():
             f"MB/s of fp32 input ({args.numel} elements, rows of {cols}, normal random), median of {args.reps}; "
             f"Python {sys.version.split()[0]}, numpy {np.__version__}, qat commit {commit}.\n"
             f"Command: `{cmd}`\n\n{head}{body}\n"
-            "Goal (issue 5): >= 100 MB/s per core for Q8_0 and Q4_K. qat's Q2_K/Q4_K/Q5_K run the sub-block\n"
-            "searches of a super-block side by side in vector lanes (same fp32 operations, same bytes);\n"
-            "gguf-py has no K-quant or IQ4_NL quantizer."
+            "Goal (issue 5): >= 100 MB/s per core for Q8_0 and Q4_K. qat's Q2_K/Q4_K/Q5_K and IQ4_NL run\n"
+            "their scale searches on several (sub-)blocks side by side in vector lanes (same fp32 operations,\n"
+            "same bytes); gguf-py has no K-quant or IQ4_NL quantizer. The VM is shared with other work:\n"
+            "single rows move by 20-30% between runs."
             + (" The ggml-base column is ggml's ggml_quantize_chunk from a libggml-base.so built\n"
                "with ggml's default CMake flags (no -march for ggml-base)." if lib else "") + "\n")
     print("\n" + text)
