@@ -30,11 +30,10 @@ void choose_qparams(const float* min, const float* max, int64_t n, int32_t quant
 void minmax(DType dtype, const void* x, int64_t begin, int64_t end, ChannelLayout layout,
             float* min, float* max);
 
-// Adds the finite elements of x[begin, end) to counts[bins] on `grid`, indices clamped to the
-// grid, and folds their min / max into *min / *max: when those stay inside the grid's range,
-// every element was counted in its own bin.
+// Adds the finite elements of x[begin, end) to counts[bins] on `grid` (indices clamped to the
+// grid, which the caller made cover every element).
 void histogram_add(DType dtype, const void* x, int64_t begin, int64_t end, HistogramGrid grid,
-                   int64_t* counts, float* min, float* max);
+                   int64_t* counts);
 
 // Re-bins counts on `from` into the zeroed `out` on `to` (to.exponent >= from.exponent and `to`
 // covering from's occupied bins, as histogram_grid guarantees for a wider range).

@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
 #include <vector>
 
 #include "checks.h"
@@ -118,47 +117,28 @@ void update_histogram_cpu(const at::Tensor& x, const at::Tensor& histogram,
   const int64_t bins = histogram.numel();
   const int64_t threads = at::get_num_threads();
 
-  // Counts the batch on `grid` into per-thread copies; returns the batch's finite min / max.
-  std::vector<int64_t> copies(size_t(threads * bins));
-  auto count_on = [&](const kernels::HistogramGrid& grid) {
-    std::fill(copies.begin(), copies.end(), 0);
-    std::vector<float> lo(size_t(threads), INFINITY), hi(size_t(threads), -INFINITY);
-    at::parallel_for(0, xc.numel(), kGrain, [&](int64_t b, int64_t e) {
-      const int64_t t = at::get_thread_num();
-      kernels::cpu::histogram_add(dtype, xc.const_data_ptr(), b, e, grid,
-                                  copies.data() + t * bins, &lo[size_t(t)], &hi[size_t(t)]);
-    });
-    return std::make_pair(*std::min_element(lo.begin(), lo.end()), *std::max_element(hi.begin(), hi.end()));
-  };
-  auto commit = [&] {
-    for (int64_t t = 0; t < threads; ++t)
-      for (int64_t i = 0; i < bins; ++i) counts[i] += copies[size_t(t * bins + i)];
-  };
-
+  // The batch's range first (a cheap vectorized pass), so its grid is known before counting.
+  const BatchMinMax cur = batch_minmax(xc, dtype, {xc.numel(), 1});
+  if (!(cur.min(0) <= cur.max(0))) return;  // no finite element
   const bool had_data = r[0] <= r[1];
-  float batch_min, batch_max;
-  if (had_data) {
-    // Usually the running range already covers the batch: then one pass counts it.
-    std::tie(batch_min, batch_max) = count_on(kernels::histogram_grid(r[0], r[1], bins));
-    if (!(batch_min <= batch_max)) return;  // no finite element
-    if (batch_min >= r[0] && batch_max <= r[1]) return commit();
-  } else {
-    const BatchMinMax cur = batch_minmax(xc, dtype, {xc.numel(), 1});
-    batch_min = cur.min(0);
-    batch_max = cur.max(0);
-    if (!(batch_min <= batch_max)) return;
-  }
-  const float new_min = had_data ? std::min(r[0], batch_min) : batch_min;
-  const float new_max = had_data ? std::max(r[1], batch_max) : batch_max;
+  const float new_min = had_data ? std::min(r[0], cur.min(0)) : cur.min(0);
+  const float new_max = had_data ? std::max(r[1], cur.max(0)) : cur.max(0);
   const kernels::HistogramGrid grid = kernels::histogram_grid(new_min, new_max, bins);
   if (had_data) {
     const kernels::HistogramGrid old = kernels::histogram_grid(r[0], r[1], bins);
-    std::vector<int64_t> moved(size_t(bins), 0);
-    kernels::cpu::histogram_rebin(counts, old, moved.data(), grid);
-    std::copy(moved.begin(), moved.end(), counts);
+    if (old.exponent != grid.exponent || old.first != grid.first) {
+      std::vector<int64_t> moved(size_t(bins), 0);
+      kernels::cpu::histogram_rebin(counts, old, moved.data(), grid);
+      std::copy(moved.begin(), moved.end(), counts);
+    }
   }
-  count_on(grid);
-  commit();
+  std::vector<int64_t> copies(size_t(threads * bins), 0);
+  at::parallel_for(0, xc.numel(), kGrain, [&](int64_t b, int64_t e) {
+    kernels::cpu::histogram_add(dtype, xc.const_data_ptr(), b, e, grid,
+                                copies.data() + at::get_thread_num() * bins);
+  });
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t i = 0; i < bins; ++i) counts[i] += copies[size_t(t * bins + i)];
   r[0] = new_min;
   r[1] = new_max;
 }

@@ -75,26 +75,20 @@ QAT_INLINE void minmax_impl(const void* xv, int64_t begin, int64_t end, ChannelL
 
 // Bin indices are computed in fp32 in blocks (vectorized: scaling by a power of two is exact, and
 // |x / 2^exponent| < 2^25 for x inside the grid's range), then counted into interleaved copies
-// of the histogram so consecutive equal bins do not serialize on one counter. The finite
-// min / max come out of the same pass, so a caller can tell whether the grid covered the batch.
+// of the histogram so consecutive equal bins do not serialize on one counter.
 template <class T>
 QAT_INLINE void histogram_impl(const void* xv, int64_t begin, int64_t end, HistogramGrid grid,
-                               int64_t* counts, float* lo, float* hi) {
+                               int64_t* counts) {
   auto x = static_cast<const typename T::Storage*>(xv);
   const int64_t bins = grid.bins;
-  float l = *lo, h = *hi;
   if (grid.exponent < -126 || grid.exponent > 126) {  // 2^-exponent is no normal float: rare
     const double inv_width = ldexp(1.0, -grid.exponent);
     for (int64_t i = begin; i < end; ++i) {
       float v = T::load(x[i]);
       if (!is_finite(v)) continue;
-      l = v < l ? v : l;
-      h = v > h ? v : h;
       int64_t k = floor_to_int(double(v) * inv_width) - grid.first;
       ++counts[k < 0 ? 0 : (k >= bins ? bins - 1 : k)];
     }
-    *lo = l;
-    *hi = h;
     return;
   }
   constexpr int64_t kBlock = 256;
@@ -107,7 +101,6 @@ QAT_INLINE void histogram_impl(const void* xv, int64_t begin, int64_t end, Histo
   int32_t idx[kBlock];
   for (int64_t i = begin; i < end; i += kBlock) {
     const int64_t n = end - i < kBlock ? end - i : kBlock;
-    minmax_run<T>(x + i, n, &l, &h);
     for (int64_t j = 0; j < n; ++j) {
       const float v = T::load(x[i + j]);
       const bool f = is_finite(v);
@@ -124,8 +117,6 @@ QAT_INLINE void histogram_impl(const void* xv, int64_t begin, int64_t end, Histo
   }
   for (int64_t c = 0; c < kCopies; ++c)
     for (int64_t b = 0; b < bins; ++b) counts[b] += copies[size_t(c * bins + b)];
-  *lo = l;
-  *hi = h;
 }
 
 // One chunk of a run, already widened to fp32 with non-finite elements replaced by 0 (which
@@ -197,11 +188,11 @@ void minmax(DType dtype, const void* x, int64_t begin, int64_t end, ChannelLayou
 
 QAT_CPU_CLONES
 void histogram_add(DType dtype, const void* x, int64_t begin, int64_t end, HistogramGrid grid,
-                   int64_t* counts, float* min, float* max) {
+                   int64_t* counts) {
   switch (dtype) {
-    case DType::f32: return histogram_impl<F32>(x, begin, end, grid, counts, min, max);
-    case DType::f16: return histogram_impl<F16>(x, begin, end, grid, counts, min, max);
-    case DType::bf16: return histogram_impl<BF16>(x, begin, end, grid, counts, min, max);
+    case DType::f32: return histogram_impl<F32>(x, begin, end, grid, counts);
+    case DType::f16: return histogram_impl<F16>(x, begin, end, grid, counts);
+    case DType::bf16: return histogram_impl<BF16>(x, begin, end, grid, counts);
   }
 }
 
