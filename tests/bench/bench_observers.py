@@ -6,7 +6,8 @@
    torch.fused_moving_avg_obs_fake_quant, per tensor and per channel, with x.clone() as the
    copy baseline. "Bytes moved" is what the fused op must move: x read twice (statistics, then
    quantization: the range is only known after a full pass) and y written once.
-2. qat.observers.HistogramObserver vs torch.ao.quantization.HistogramObserver on the same batches.
+2. qat.observers.HistogramObserver vs torch.ao.quantization.HistogramObserver on the same batches,
+   for several batch sizes.
 3. MSE calibration (qat.observers.mse_qparams) of a 4096x4096 weight per channel, 100 candidates.
 --write replaces this machine's section in docs/benchmarks.md.
 """
@@ -53,22 +54,25 @@ def bench_fused(device, numel, reps):
 
 
 def bench_histogram(device, reps):
-    batches = [torch.randn(64, 16384, device=device) * (1 + i) for i in range(8)]
+    """8 batches per size whose range grows for 4 steps, then repeats (re-binning, then steady)."""
+    rows = []
+    for numel in (16384, 262144, 1048576, 4194304):
+        batches = [torch.randn(numel, device=device) * (1 + i % 4) for i in range(8)]
 
-    def run(make):
-        def go():
-            obs = make()
-            for b in batches:
-                obs(b)
-            return obs.calculate_qparams()
-        return go
+        def run(make):
+            def go():
+                obs = make()
+                for b in batches:
+                    obs(b)
+                return obs.calculate_qparams()
+            return go
 
-    theirs = timer(device, run(lambda: ao.HistogramObserver(bins=2048).to(device)), max(1, reps // 3))
-    ours = timer(device, run(lambda: Q.HistogramObserver(0, 255, bins=2048).to(device)), reps)
-    row = (len(batches), batches[0].numel(), ours * 1e3, theirs * 1e3, theirs / ours)
-    print(f"histogram {row[0]} batches of {row[1]}: qat {row[2]:8.2f} ms  torch.ao {row[3]:8.2f} ms  "
-          f"speedup {row[4]:6.1f}x", flush=True)
-    return row
+        theirs = timer(device, run(lambda: ao.HistogramObserver(bins=2048).to(device)), max(1, reps // 2))
+        ours = timer(device, run(lambda: Q.HistogramObserver(0, 255, bins=2048).to(device)), reps)
+        rows.append((numel, ours * 1e3, theirs * 1e3, theirs / ours))
+        print(f"histogram 8 batches of {numel:8}: qat {ours * 1e3:8.2f} ms  torch.ao {theirs * 1e3:8.2f} ms  "
+              f"speedup {theirs / ours:6.1f}x", flush=True)
+    return rows
 
 
 def bench_mse(device, reps):
@@ -100,8 +104,11 @@ def main():
             "| granularity | qat ms | built-in ms | qat GB/s | copy GB/s | qat / built-in |\n"
             "|---|---:|---:|---:|---:|---:|\n"
             + "".join(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.1f} | {r[4]:.1f} | {r[5]:.2f}x |\n" for r in fused)
-            + f"\nHistogram observer, {hist[0]} batches of {hist[1]} fp32 elements, 2048 bins, then qparams: "
-            f"qat {hist[2]:.1f} ms, torch.ao HistogramObserver {hist[3]:.1f} ms: **{hist[4]:.0f}x**.\n\n"
+            + "\nHistogram observer (2048 bins), 8 batches per row whose range grows for 4 steps and then "
+            "repeats, then calculate_qparams:\n\n"
+            "| elements per batch | qat ms | torch.ao HistogramObserver ms | qat speedup |\n|---:|---:|---:|---:|\n"
+            + "".join(f"| {r[0]} | {r[1]:.2f} | {r[2]:.2f} | {r[3]:.1f}x |\n" for r in hist)
+            + "\n"
             f"MSE calibration of a 4096x4096 fp32 weight, per channel, 100 clipping candidates: "
             f"**{mse:.3f} s**.\n\n")
     print("\n" + text)
