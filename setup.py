@@ -25,7 +25,8 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import torch.utils
 
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        # One CMake build makes every extension; they are laid out under the qat package dir.
+        out_dir = Path(self.get_ext_fullpath("qat._C")).resolve().parent
         build_dir = Path(os.environ.get("QAT_CMAKE_BUILD_DIR", ROOT / "build" / "python"))
         build_dir.mkdir(parents=True, exist_ok=True)
         config = [
@@ -48,7 +49,8 @@ setup(
     version="0.1.0",
     description="Quantization-aware training ops, APIs and exporters for PyTorch / LibTorch",
     packages=find_packages(include=["qat", "qat.*"]),
-    ext_modules=[CMakeExtension("qat._C")],
+    # Listed so that setuptools installs (and editable installs copy) each module CMake built.
+    ext_modules=[CMakeExtension("qat._C"), CMakeExtension("qat.export._core")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["torch>=2.11"],
