@@ -116,8 +116,7 @@ kernels::ChannelLayout check_running_minmax(const at::Tensor& x, const at::Tenso
     TORCH_CHECK(t->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
                 t->scalar_type());
     TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous (it is updated in place)");
-    TORCH_CHECK(t->device() == x.device(), op, ": ", name, " is on ", t->device(),
-                " but x is on ", x.device());
+    check_same_device(*t, x, op, name);
   }
   TORCH_CHECK(running_min.sizes() == running_max.sizes(), op, ": running_max shape ",
               running_max.sizes(), " must equal running_min shape ", running_min.sizes());
@@ -143,6 +142,65 @@ void check_histogram(const at::Tensor& histogram, const at::Tensor& range, const
               range.scalar_type(), " of shape ", range.sizes());
   TORCH_CHECK(range.device() == histogram.device(), op, ": range is on ", range.device(),
               " but histogram is on ", histogram.device());
+}
+
+void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
+              x.device());
+}
+
+void check_averaging_constant(double c, const char* op, const char* name) {
+  TORCH_CHECK(c >= 0.0 && c <= 1.0, op, ": ", name, " must lie in [0, 1], got ", c);
+}
+
+void check_minmax_pair(const at::Tensor& min, const at::Tensor& max, const char* op) {
+  TORCH_CHECK(min.scalar_type() == at::kFloat && max.scalar_type() == at::kFloat, op,
+              ": min and max must be float32, got ", min.scalar_type(), " and ", max.scalar_type());
+  TORCH_CHECK(min.sizes() == max.sizes(), op, ": max shape ", max.sizes(),
+              " must equal min shape ", min.sizes());
+  TORCH_CHECK(min.device() == max.device(), op, ": min is on ", min.device(), " but max is on ",
+              max.device());
+}
+
+kernels::ChannelLayout check_mse_errors(const at::Tensor& x, const at::Tensor& min,
+                                        const at::Tensor& max, const at::Tensor& ratios,
+                                        int64_t axis, std::optional<int64_t> group_size,
+                                        const char* op) {
+  kernel_dtype(x, op);
+  check_minmax_pair(min, max, op);
+  check_same_device(min, x, op, "min");
+  TORCH_CHECK(ratios.scalar_type() == at::kFloat && ratios.dim() == 1 && ratios.numel() >= 1, op,
+              ": ratios must be a non-empty 1-D float32 tensor, got ", ratios.scalar_type(),
+              " of shape ", ratios.sizes());
+  check_same_device(ratios, x, op, "ratios");
+  return param_layout(x, min, axis, group_size, op, "min");
+}
+
+kernels::ChannelLayout check_observe_fake_quantize(
+    const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+    const at::Tensor& running_min, const at::Tensor& running_max, const at::Tensor& scale,
+    const at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
+    int64_t ch_axis, bool per_row_fake_quant, const char* op) {
+  kernel_dtype(x, op);
+  check_quant_range(quant_min, quant_max, op);
+  check_flag(observer_on, x.device(), op, "observer_on");
+  check_flag(fake_quant_on, x.device(), op, "fake_quant_on");
+  const kernels::ChannelLayout layout =
+      check_running_minmax(x, running_min, running_max, ch_axis, std::nullopt, op);
+  TORCH_CHECK(per_row_fake_quant || running_min.numel() == 1, op,
+              ": per-tensor observation needs one-element running_min / running_max, got ",
+              running_min.sizes());
+  for (const at::Tensor* t : {&scale, &zero_point}) {
+    const char* name = t == &scale ? "scale" : "zero_point";
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), op, ": ", name,
+                " must be a contiguous float32 tensor (it is updated in place), got ",
+                t->scalar_type());
+    TORCH_CHECK(t->sizes() == running_min.sizes(), op, ": ", name, " shape ", t->sizes(),
+                " must equal running_min shape ", running_min.sizes());
+    check_same_device(*t, x, op, name);
+  }
+  check_averaging_constant(averaging_const, op, "averaging_const");
+  return layout;
 }
 
 }  // namespace qat::ops

@@ -62,4 +62,25 @@ void check_histogram(const at::Tensor& histogram, const at::Tensor& range, const
 
 void check_quant_range(int64_t quant_min, int64_t quant_max, const char* op);
 
+void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name);
+
+// A moving-average constant in [0, 1].
+void check_averaging_constant(double c, const char* op, const char* name);
+
+// min / max: float32, equal shapes, one device.
+void check_minmax_pair(const at::Tensor& min, const at::Tensor& max, const char* op);
+
+// mse_errors' arguments; returns the layout min's shape selects.
+kernels::ChannelLayout check_mse_errors(const at::Tensor& x, const at::Tensor& min,
+                                        const at::Tensor& max, const at::Tensor& ratios,
+                                        int64_t axis, std::optional<int64_t> group_size,
+                                        const char* op);
+
+// observe_fake_quantize's arguments; returns the layout of its running statistics.
+kernels::ChannelLayout check_observe_fake_quantize(
+    const at::Tensor& x, const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+    const at::Tensor& running_min, const at::Tensor& running_max, const at::Tensor& scale,
+    const at::Tensor& zero_point, double averaging_const, int64_t quant_min, int64_t quant_max,
+    int64_t ch_axis, bool per_row_fake_quant, const char* op);
+
 }  // namespace qat::ops

@@ -86,10 +86,7 @@ void update_minmax_cpu(const at::Tensor& x, const at::Tensor& running_min,
   const kernels::ChannelLayout layout =
       check_running_minmax(x, running_min, running_max, axis, group_size, op);
   check_flag(enabled, x.device(), op, "enabled");
-  if (averaging_constant.has_value()) {
-    TORCH_CHECK(*averaging_constant >= 0.0 && *averaging_constant <= 1.0, op,
-                ": averaging_constant must lie in [0, 1], got ", *averaging_constant);
-  }
+  if (averaging_constant.has_value()) check_averaging_constant(*averaging_constant, op, "averaging_constant");
   if (!flag_set(enabled) || x.numel() == 0) return;
   const at::Tensor xc = x.contiguous();
   const BatchMinMax cur = batch_minmax(xc, kernel_dtype(x, op), layout);
@@ -107,8 +104,7 @@ void update_histogram_cpu(const at::Tensor& x, const at::Tensor& histogram,
   constexpr const char* op = "qat::update_histogram";
   const kernels::DType dtype = kernel_dtype(x, op);
   check_histogram(histogram, range, op);
-  TORCH_CHECK(histogram.device() == x.device(), op, ": histogram is on ", histogram.device(),
-              " but x is on ", x.device());
+  check_same_device(histogram, x, op, "histogram");
   check_flag(enabled, x.device(), op, "enabled");
   if (!flag_set(enabled) || x.numel() == 0) return;
   const at::Tensor xc = x.contiguous();
@@ -188,15 +184,6 @@ at::Tensor histogram_clip_range_cpu(const at::Tensor& histogram, const at::Tenso
   return out;
 }
 
-void check_minmax_pair(const at::Tensor& min, const at::Tensor& max, const char* op) {
-  TORCH_CHECK(min.scalar_type() == at::kFloat && max.scalar_type() == at::kFloat, op,
-              ": min and max must be float32, got ", min.scalar_type(), " and ", max.scalar_type());
-  TORCH_CHECK(min.sizes() == max.sizes(), op, ": max shape ", max.sizes(),
-              " must equal min shape ", min.sizes());
-  TORCH_CHECK(min.device() == max.device(), op, ": min is on ", min.device(), " but max is on ",
-              max.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> choose_qparams_cpu(const at::Tensor& min, const at::Tensor& max,
                                                       int64_t quant_min, int64_t quant_max,
                                                       bool symmetric) {
@@ -216,13 +203,8 @@ at::Tensor mse_errors_cpu(const at::Tensor& x, const at::Tensor& min, const at::
                           const at::Tensor& ratios, int64_t quant_min, int64_t quant_max,
                           bool symmetric, int64_t axis, std::optional<int64_t> group_size) {
   constexpr const char* op = "qat::mse_errors";
+  const kernels::ChannelLayout layout = check_mse_errors(x, min, max, ratios, axis, group_size, op);
   const kernels::DType dtype = kernel_dtype(x, op);
-  check_minmax_pair(min, max, op);
-  TORCH_CHECK(min.device() == x.device(), op, ": min is on ", min.device(), " but x is on ", x.device());
-  TORCH_CHECK(ratios.scalar_type() == at::kFloat && ratios.dim() == 1 && ratios.numel() >= 1, op,
-              ": ratios must be a non-empty 1-D float32 tensor, got ", ratios.scalar_type(),
-              " of shape ", ratios.sizes());
-  const kernels::ChannelLayout layout = param_layout(x, min, axis, group_size, op, "min");
   const int64_t count = ratios.numel();
   // Candidate r of channel c clips to ratios[r] * [min[c], max[c]], the fp32 products a caller
   // recomputes to turn the winning ratio into qparams with choose_qparams.
@@ -256,25 +238,10 @@ at::Tensor observe_fake_quantize_cpu(const at::Tensor& x, const at::Tensor& obse
                                      int64_t quant_min, int64_t quant_max, int64_t ch_axis,
                                      bool per_row_fake_quant, bool symmetric_quant) {
   constexpr const char* op = "qat::observe_fake_quantize";
+  const kernels::ChannelLayout layout = check_observe_fake_quantize(
+      x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+      quant_min, quant_max, ch_axis, per_row_fake_quant, op);
   const kernels::DType dtype = kernel_dtype(x, op);
-  check_quant_range(quant_min, quant_max, op);
-  check_flag(observer_on, x.device(), op, "observer_on");
-  check_flag(fake_quant_on, x.device(), op, "fake_quant_on");
-  const kernels::ChannelLayout layout =
-      check_running_minmax(x, running_min, running_max, ch_axis, std::nullopt, op);
-  TORCH_CHECK(per_row_fake_quant || running_min.numel() == 1, op,
-              ": per-tensor observation needs one-element running_min / running_max, got ",
-              running_min.sizes());
-  for (const at::Tensor* t : {&scale, &zero_point}) {
-    const char* name = t == &scale ? "scale" : "zero_point";
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), op, ": ", name,
-                " must be a contiguous float32 tensor (it is updated in place), got ", t->scalar_type());
-    TORCH_CHECK(t->sizes() == running_min.sizes(), op, ": ", name, " shape ", t->sizes(),
-                " must equal running_min shape ", running_min.sizes());
-    TORCH_CHECK(t->device() == x.device(), op, ": ", name, " is on ", t->device(), " but x is on ", x.device());
-  }
-  TORCH_CHECK(averaging_const >= 0.0 && averaging_const <= 1.0, op,
-              ": averaging_const must lie in [0, 1], got ", averaging_const);
   if (x.numel() == 0) return x.clone();
 
   const at::Tensor xc = x.contiguous();

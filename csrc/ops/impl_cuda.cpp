@@ -85,11 +85,6 @@ at::Tensor device_flag(const at::Tensor& flag) {
   return flag.scalar_type() == at::kLong ? flag.reshape({1}) : flag.to(at::kLong).reshape({1});
 }
 
-void check_same_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
-              x.device());
-}
-
 void update_minmax_cuda(const at::Tensor& x, const at::Tensor& running_min,
                         const at::Tensor& running_max, const at::Tensor& enabled,
                         std::optional<double> averaging_constant, int64_t axis,
@@ -98,10 +93,7 @@ void update_minmax_cuda(const at::Tensor& x, const at::Tensor& running_min,
   const kernels::ChannelLayout layout =
       check_running_minmax(x, running_min, running_max, axis, group_size, op);
   check_flag(enabled, x.device(), op, "enabled");
-  if (averaging_constant.has_value()) {
-    TORCH_CHECK(*averaging_constant >= 0.0 && *averaging_constant <= 1.0, op,
-                ": averaging_constant must lie in [0, 1], got ", *averaging_constant);
-  }
+  if (averaging_constant.has_value()) check_averaging_constant(*averaging_constant, op, "averaging_constant");
   if (x.numel() == 0) return;
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
@@ -163,15 +155,6 @@ at::Tensor histogram_clip_range_cuda(const at::Tensor& histogram, const at::Tens
       .to(range.device());
 }
 
-void check_minmax_pair(const at::Tensor& min, const at::Tensor& max, const char* op) {
-  TORCH_CHECK(min.scalar_type() == at::kFloat && max.scalar_type() == at::kFloat, op,
-              ": min and max must be float32, got ", min.scalar_type(), " and ", max.scalar_type());
-  TORCH_CHECK(min.sizes() == max.sizes(), op, ": max shape ", max.sizes(),
-              " must equal min shape ", min.sizes());
-  TORCH_CHECK(min.device() == max.device(), op, ": min is on ", min.device(), " but max is on ",
-              max.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> choose_qparams_cuda(const at::Tensor& min,
                                                        const at::Tensor& max, int64_t quant_min,
                                                        int64_t quant_max, bool symmetric) {
@@ -193,14 +176,8 @@ at::Tensor mse_errors_cuda(const at::Tensor& x, const at::Tensor& min, const at:
                            const at::Tensor& ratios, int64_t quant_min, int64_t quant_max,
                            bool symmetric, int64_t axis, std::optional<int64_t> group_size) {
   constexpr const char* op = "qat::mse_errors";
+  const kernels::ChannelLayout layout = check_mse_errors(x, min, max, ratios, axis, group_size, op);
   const kernels::DType dtype = kernel_dtype(x, op);
-  check_minmax_pair(min, max, op);
-  check_same_device(min, x, op, "min");
-  TORCH_CHECK(ratios.scalar_type() == at::kFloat && ratios.dim() == 1 && ratios.numel() >= 1, op,
-              ": ratios must be a non-empty 1-D float32 tensor, got ", ratios.scalar_type(),
-              " of shape ", ratios.sizes());
-  check_same_device(ratios, x, op, "ratios");
-  const kernels::ChannelLayout layout = param_layout(x, min, axis, group_size, op, "min");
   const int64_t count = ratios.numel();
   c10::cuda::CUDAGuard guard(x.device());
   // The CPU op's candidates: ratios[r] * [min[c], max[c]] in fp32, then choose_qparams.
@@ -227,25 +204,10 @@ at::Tensor observe_fake_quantize_cuda(const at::Tensor& x, const at::Tensor& obs
                                       int64_t quant_max, int64_t ch_axis, bool per_row_fake_quant,
                                       bool symmetric_quant) {
   constexpr const char* op = "qat::observe_fake_quantize";
+  const kernels::ChannelLayout layout = check_observe_fake_quantize(
+      x, observer_on, fake_quant_on, running_min, running_max, scale, zero_point, averaging_const,
+      quant_min, quant_max, ch_axis, per_row_fake_quant, op);
   const kernels::DType dtype = kernel_dtype(x, op);
-  check_quant_range(quant_min, quant_max, op);
-  check_flag(observer_on, x.device(), op, "observer_on");
-  check_flag(fake_quant_on, x.device(), op, "fake_quant_on");
-  const kernels::ChannelLayout layout =
-      check_running_minmax(x, running_min, running_max, ch_axis, std::nullopt, op);
-  TORCH_CHECK(per_row_fake_quant || running_min.numel() == 1, op,
-              ": per-tensor observation needs one-element running_min / running_max, got ",
-              running_min.sizes());
-  for (const at::Tensor* t : {&scale, &zero_point}) {
-    const char* name = t == &scale ? "scale" : "zero_point";
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), op, ": ", name,
-                " must be a contiguous float32 tensor (it is updated in place), got ", t->scalar_type());
-    TORCH_CHECK(t->sizes() == running_min.sizes(), op, ": ", name, " shape ", t->sizes(),
-                " must equal running_min shape ", running_min.sizes());
-    check_same_device(*t, x, op, name);
-  }
-  TORCH_CHECK(averaging_const >= 0.0 && averaging_const <= 1.0, op,
-              ": averaging_const must lie in [0, 1], got ", averaging_const);
   if (x.numel() == 0) return x.clone();
 
   c10::cuda::CUDAGuard guard(x.device());

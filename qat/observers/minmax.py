@@ -33,6 +33,12 @@ def stats_shape(x: Tensor, axis: Optional[int], group_size: Optional[int]) -> Li
     return [x.shape[axis]]
 
 
+def granularity_repr(axis: Optional[int], group_size: Optional[int]) -> str:
+    if group_size is not None:
+        return f"group_size={group_size}"
+    return "per_tensor" if axis is None else f"axis={axis}"
+
+
 class MinMaxObserver(ObserverBase):
     """Running min / max, with qparams exactly as torch.ao.quantization's observers compute them.
 
@@ -119,8 +125,7 @@ class MinMaxObserver(ObserverBase):
         return ops.choose_qparams(lo, hi, self.quant_min, self.quant_max, self.symmetric)
 
     def extra_repr(self) -> str:
-        granularity = (f"group_size={self.group_size}" if self.group_size is not None
-                       else "per_tensor" if self.axis is None else f"axis={self.axis}")
+        granularity = granularity_repr(self.axis, self.group_size)
         avg = "" if self.averaging_constant is None else f", averaging_constant={self.averaging_constant}"
         return f"{super().extra_repr()}, {granularity}{avg}"
 

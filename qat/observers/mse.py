@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import ops
 from .base import ObserverBase, all_reduce_, distributed_world
-from .minmax import stats_shape
+from .minmax import granularity_repr, stats_shape
 
 __all__ = ["MSEObserver", "mse_qparams", "candidate_ratios"]
 
@@ -89,6 +89,5 @@ class MSEObserver(ObserverBase):
                      self.quant_max, self.symmetric)
 
     def extra_repr(self) -> str:
-        granularity = (f"group_size={self.group_size}" if self.group_size is not None
-                       else "per_tensor" if self.axis is None else f"axis={self.axis}")
+        granularity = granularity_repr(self.axis, self.group_size)
         return f"{super().extra_repr()}, {granularity}, num_candidates={self.ratios.numel()}"

@@ -9,15 +9,14 @@ the same thing. --write replaces this machine's section in docs/benchmarks.md.
 """
 
 import argparse
-import platform
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
 import torch
 
 import qat
+from bench_common import cpu_model, write_section
 
 
 def timer(device, fn, reps):
@@ -105,11 +104,7 @@ def run(device, numel, reps):
 def machine(device):
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def table(rows):
@@ -118,17 +113,6 @@ def table(rows):
     return head + "".join(
         f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.1f} | {r[8]:.2f}x | {r[9]:.0%} |\n"
         for r in rows)
-
-
-def write_section(path, key, text):
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text}{end}\n"
-    if start in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) + 1 :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block
-    path.write_text(doc)
 
 
 def main():
@@ -148,7 +132,7 @@ def main():
             f"Command: `{cmd}`\n\n{table(rows)}\n")
     print("\n" + text)
     if args.write:
-        write_section(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md", f"fake-quant-{args.device}", text)
+        write_section(f"fake-quant-{args.device}", text)
 
 
 if __name__ == "__main__":

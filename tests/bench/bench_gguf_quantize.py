@@ -11,7 +11,6 @@ section in docs/benchmarks.md (appending it at the end the first time).
 
 import argparse
 import ctypes
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 import qat.export.gguf as qg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import cpu_model, write_section  # noqa: E402
 
 DEFAULT_TYPES = ["Q8_0", "Q4_K", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K", "Q6_K", "IQ4_NL", "F16", "BF16"]
 
@@ -63,25 +65,6 @@ def ggml_quantizer(lib, t):
     return run
 
 
-def machine():
-    try:
-        model = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return model
-
-
-def write_section(path, key, text):
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{start}\n{text}{end}\n"
-    if start in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) + 1 :]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block
-    path.write_text(doc)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--numel", type=int, default=4 * 1024 * 1024)
@@ -122,7 +105,7 @@ def main():
         body += f"| {t} | {ours:.0f} | {f'{gp:.0f}' if gp else '-'} | {f'{ours / gp:.1f}x' if gp else '-'} |"
         body += (f" {gm:.0f} |" if gm else " - |") if lib else ""
         body += "\n"
-    text = (f"## GGUF reference quantizers, one core: {machine()}\n\n"
+    text = (f"## GGUF reference quantizers, one core: {cpu_model()}\n\n"
             f"MB/s of fp32 input ({args.numel} elements, rows of {cols}, normal random), median of {args.reps}; "
             f"Python {sys.version.split()[0]}, numpy {np.__version__}, qat commit {commit}.\n"
             f"Command: `{cmd}`\n\n{head}{body}\n"
@@ -134,7 +117,7 @@ def main():
                "with ggml's default CMake flags (no -march for ggml-base)." if lib else "") + "\n")
     print("\n" + text)
     if args.write:
-        write_section(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md", "gguf-quantize-cpu", text)
+        write_section("gguf-quantize-cpu", text)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.ao.quantization import observer as ao
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_fake_quant import machine, timer, write_section  # noqa: E402
+from bench_common import write_section  # noqa: E402
+from bench_fake_quant import machine, timer  # noqa: E402
 
 import qat  # noqa: E402,F401
 import qat.observers as Q  # noqa: E402
@@ -113,7 +113,7 @@ def main():
             f"**{mse:.3f} s**.\n\n")
     print("\n" + text)
     if args.write:
-        write_section(Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md", f"observers-{args.device}", text)
+        write_section(f"observers-{args.device}", text)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 qparams, equal to one process observing the concatenated batches."""
 
 import os
-import socket
-import tempfile
 
 import torch
 import torch.distributed as dist
