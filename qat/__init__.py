@@ -8,6 +8,47 @@ import torch  # noqa: F401  (loads libtorch before the extension that links it)
 
 from . import _C  # noqa: F401  (registers torch.ops.qat.*)
 from . import ops
+from . import nn, observers
+from .convert import convert
+from .float_spec import FloatSpec
+from .plan import Plan, Rule
+from .prepare import prepare
+from .quant_spec import QuantSpec
+from .quantized_weight import QuantizedWeight
+from .spec import Spec, register_spec, spec_from_dict
+from .summary import PrepareSummary, summarize
+from .training import (
+    QATScheduler,
+    disable_fake_quant,
+    enable_fake_quant,
+    enable_observers,
+    freeze_bn_stats,
+    freeze_observers,
+    set_learnable_ranges,
+)
 
-__all__ = ["ops"]
+__all__ = [
+    "ops",
+    "nn",
+    "observers",
+    "Spec",
+    "register_spec",
+    "spec_from_dict",
+    "QuantSpec",
+    "FloatSpec",
+    "Plan",
+    "Rule",
+    "prepare",
+    "convert",
+    "QuantizedWeight",
+    "PrepareSummary",
+    "summarize",
+    "freeze_observers",
+    "enable_observers",
+    "freeze_bn_stats",
+    "set_learnable_ranges",
+    "enable_fake_quant",
+    "disable_fake_quant",
+    "QATScheduler",
+]
 __version__ = "0.1.0"

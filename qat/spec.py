@@ -10,16 +10,28 @@ The contract every spec kind keeps:
   ``dequantize()`` equals, bit for bit, what ``forward(w)`` returns in eval mode (that is what
   ``qat.convert`` stores; see :mod:`qat.convert`).
 - ``bits_per_weight()``: stored bits per element, scales and other metadata included.
+- ``storage_bytes(shape)``: deployed bytes of a weight of ``shape`` (rows = output channels,
+  as quantizers see weights); by default ``ceil(numel * bits_per_weight() / 8)``.
+- ``describe()``: a short label for tables (``"int4 sym group32"``); by default the repr.
 - ``to_dict()`` / :func:`spec_from_dict`: a plain dict with a ``"kind"`` key (YAML-safe).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, Type
+import math
+from typing import Any, ClassVar, Dict, Sequence, Type
 
 from torch import nn
 
-__all__ = ["Spec", "register_spec", "spec_from_dict", "SPEC_KINDS"]
+__all__ = ["Spec", "register_spec", "spec_from_dict", "SPEC_KINDS", "ROLES", "check_role"]
+
+ROLES = ("weight", "input", "output")
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    return role
 
 SPEC_KINDS: Dict[str, Type["Spec"]] = {}
 
@@ -35,6 +47,12 @@ class Spec:
 
     def bits_per_weight(self) -> float:
         raise NotImplementedError
+
+    def storage_bytes(self, shape: Sequence[int]) -> int:
+        return math.ceil(math.prod(shape) * self.bits_per_weight() / 8)
+
+    def describe(self) -> str:
+        return repr(self)
 
     def to_dict(self) -> Dict[str, Any]:
         raise NotImplementedError
