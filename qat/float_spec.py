@@ -82,7 +82,9 @@ class FakeCast(nn.Module):
     def quantize_weight(self, w: Tensor) -> "FloatWeight":
         if not self._fake_quant:
             raise ValueError("this FakeCast is disabled (enable_fake_quant(False)): its forward stores no format")
-        data = ops.fake_cast(w.detach(), self.spec.format).to(FORMAT_DTYPES[self.spec.format])
+        # Cast from float32: every result is then representable in the format (a bf16 weight's
+        # fake_cast result is rounded to bf16 again, which may leave the format's range).
+        data = ops.fake_cast(w.detach().float(), self.spec.format).to(FORMAT_DTYPES[self.spec.format])
         return FloatWeight(data, self.spec, w.dtype)
 
     def extra_repr(self) -> str:
