@@ -17,6 +17,7 @@ from typing import List, Optional
 COMMANDS = {
     "weights": ("weight_error", "fake-quantize a model's weights and print the error per bit width"),
     "inspect": ("export.inspect", "show a GGUF file's metadata, tensors, bits per weight and size per component"),
+    "export": ("export.cli", "write a model as GGUF (llama.cpp layout for llama models), mixed precision per plan"),
 }
 
 
