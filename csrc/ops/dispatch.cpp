@@ -47,4 +47,32 @@ at::Tensor call_observe_fake_quantize(const at::Tensor& x, const at::Tensor& obs
                  symmetric_quant);
 }
 
+void call_update_minmax(const at::Tensor& x, const at::Tensor& running_min,
+                        const at::Tensor& running_max, const at::Tensor& enabled,
+                        std::optional<double> averaging_constant, int64_t axis,
+                        std::optional<int64_t> group_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::update_minmax", "")
+                       .typed<decltype(call_update_minmax)>();
+  op.call(x, running_min, running_max, enabled, averaging_constant, axis, group_size);
+}
+
+std::tuple<at::Tensor, at::Tensor> call_choose_qparams(const at::Tensor& min, const at::Tensor& max,
+                                                       int64_t quant_min, int64_t quant_max,
+                                                       bool symmetric) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::choose_qparams", "")
+                       .typed<decltype(call_choose_qparams)>();
+  return op.call(min, max, quant_min, quant_max, symmetric);
+}
+
+at::Tensor call_mse_errors(const at::Tensor& x, const at::Tensor& min, const at::Tensor& max,
+                           const at::Tensor& ratios, int64_t quant_min, int64_t quant_max,
+                           bool symmetric, int64_t axis, std::optional<int64_t> group_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qat::mse_errors", "")
+                       .typed<decltype(call_mse_errors)>();
+  return op.call(x, min, max, ratios, quant_min, quant_max, symmetric, axis, group_size);
+}
+
 }  // namespace qat::ops

@@ -33,4 +33,17 @@ at::Tensor call_observe_fake_quantize(const at::Tensor& x, const at::Tensor& obs
                                       int64_t quant_min, int64_t quant_max, int64_t ch_axis,
                                       bool per_row_fake_quant, bool symmetric_quant);
 
+void call_update_minmax(const at::Tensor& x, const at::Tensor& running_min,
+                        const at::Tensor& running_max, const at::Tensor& enabled,
+                        std::optional<double> averaging_constant, int64_t axis,
+                        std::optional<int64_t> group_size);
+
+std::tuple<at::Tensor, at::Tensor> call_choose_qparams(const at::Tensor& min, const at::Tensor& max,
+                                                       int64_t quant_min, int64_t quant_max,
+                                                       bool symmetric);
+
+at::Tensor call_mse_errors(const at::Tensor& x, const at::Tensor& min, const at::Tensor& max,
+                           const at::Tensor& ratios, int64_t quant_min, int64_t quant_max,
+                           bool symmetric, int64_t axis, std::optional<int64_t> group_size);
+
 }  // namespace qat::ops

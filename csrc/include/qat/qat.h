@@ -24,3 +24,9 @@ at::Tensor fake_quantize(const at::Tensor& x, const at::Tensor& scale,
 at::Tensor fake_cast(const at::Tensor& x, std::string_view fmt);
 
 }  // namespace qat
+
+// Modules: qat::FakeQuantizer, qat::nn::QuantLinear / QuantConv2d, and state dicts that Python's
+// torch.load reads.
+#include "qat/fake_quantizer.h"
+#include "qat/nn.h"
+#include "qat/state_dict.h"
