@@ -56,10 +56,10 @@ def prepare(model: nn.Module, plan: Union[Plan, dict], inplace: bool = False) ->
         raise TypeError(f"plan must be a qat.Plan (or its dict form), got {type(plan).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    for name, m in model.named_modules():
-        if isinstance(m, QuantModule) or getattr(m, "_qat_prepared", False):
-            what = f"module {name!r} is a {type(m).__name__}" if isinstance(m, QuantModule) else "it was prepared"
-            raise RuntimeError(f"qat.prepare: the model is already prepared ({what}); prepare the float model once")
+    quant = next(((n, m) for n, m in model.named_modules() if isinstance(m, QuantModule)), None)
+    if quant is not None or any(getattr(m, "_qat_prepared", False) for m in model.modules()):
+        what = f"module {quant[0]!r} is a {type(quant[1]).__name__}" if quant else "qat.prepare already ran on it"
+        raise RuntimeError(f"qat.prepare: the model is already prepared ({what}); prepare the float model once")
     if not inplace:
         model = copy.deepcopy(model)
 

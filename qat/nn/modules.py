@@ -71,6 +71,12 @@ class QuantModule:
         self.input_spec = _check_spec("input", input_spec)
         self.output_spec = _check_spec("output", output_spec)
         self._weight_shape = tuple(self.weight.shape)
+        group_size = getattr(weight_spec, "group_size", None)
+        if group_size is not None:
+            rows = self._rows(torch.empty(self._weight_shape, device="meta")).shape
+            if rows[1] % group_size:
+                raise ValueError(f"group_size {group_size} must divide the weight's {rows[1]} input columns "
+                                 f"(the weight is quantized as [{rows[0]}, {rows[1]}], rows = output channels)")
         device = self.weight.device
         for role, spec in (("weight", weight_spec), ("input", input_spec), ("output", output_spec)):
             quantizer = None if spec is None else spec.make_quantizer(role).to(device)
