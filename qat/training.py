@@ -54,12 +54,15 @@ def freeze_bn_stats(model: nn.Module, frozen: bool = True) -> nn.Module:
 
 
 def set_learnable_ranges(model: nn.Module, on: bool = True) -> nn.Module:
-    """Turn gradient updates of learned (LSQ) scales and zero points on or off."""
+    """Turn gradient updates of learned ranges on or off: LSQ scales and zero points, and the
+    learned parameters of other spec kinds' quantizers that offer ``set_learnable(on)``."""
     for m in model.modules():
         if isinstance(m, LearnableFakeQuantize):
             m.scale.requires_grad_(on)
             if isinstance(m.zero_point, nn.Parameter):
                 m.zero_point.requires_grad_(on)
+        elif hasattr(m, "set_learnable") and m is not model:
+            m.set_learnable(on)
     return model
 
 

@@ -65,18 +65,27 @@ class QuantConvBn2d(QuantConv2d):
         bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
         return factor, beta + (bias - bn.running_mean) * factor
 
+    def _batch_stats(self) -> bool:
+        return self.training and not self._bn_frozen
+
     def _float_weight(self) -> Tensor:
         factor, _ = self._bn_factors()
+        if self._batch_stats():
+            # With batch statistics the output does not depend on the fold factor (the BN
+            # undoes any per-channel scale, up to the weight's rounding), so it carries no
+            # gradient there: gamma learns through the BN's affine, as in the float model, and
+            # the backward skips the division's.
+            factor = factor.detach()
         return self.weight * factor.reshape(-1, 1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._quantize_input(x)
         w = self.quant_weight()
-        if self.training and not self._bn_frozen:
-            factor, _ = self._bn_factors()
-            # A channel whose gamma is 0 has an all-zero folded weight; divide it by 1 instead.
-            factor = torch.where(factor == 0, torch.ones_like(factor), factor)
-            y = self._conv_forward(x, w, None) / factor.reshape(1, -1, 1, 1)
+        if self._batch_stats():
+            factor = self._bn_factors()[0].detach()
+            # A channel whose gamma is 0 has an all-zero folded weight; unscale it by 1 instead.
+            inv = torch.where(factor == 0, torch.ones_like(factor), factor).reciprocal()
+            y = self._conv_forward(x, w, None) * inv.reshape(1, -1, 1, 1)
             if self.bias is not None:
                 y = y + self.bias.reshape(1, -1, 1, 1)
             y = self.bn(y)
