@@ -15,6 +15,7 @@ from .plan import Plan, Rule
 from .prepare import prepare
 from .quant_spec import QuantSpec
 from .quantized_weight import QuantizedWeight
+from .palettize import LUTFakeQuantize, LUTSpec, PalettizedWeight
 from .spec import Spec, register_spec, spec_from_dict
 from .summary import PrepareSummary, summarize
 from .training import (
@@ -41,6 +42,9 @@ __all__ = [
     "prepare",
     "convert",
     "QuantizedWeight",
+    "LUTSpec",
+    "LUTFakeQuantize",
+    "PalettizedWeight",
     "PrepareSummary",
     "summarize",
     "freeze_observers",

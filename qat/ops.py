@@ -239,3 +239,69 @@ def _observe_fake_quantize_fake(x, observer_on, fake_quant_on, running_min, runn
                                 averaging_const, quant_min, quant_max, ch_axis, per_row_fake_quant=False,
                                 symmetric_quant=False):
     return x.new_empty(x.shape)
+
+
+# ---- palettization ----
+
+__all__ += ["kmeans_1d", "lut_fake_quantize", "lut_indices", "MAX_CENTROIDS"]
+
+MAX_CENTROIDS = 256  # LUT indices are uint8
+
+
+def kmeans_1d(x: Tensor, num_centroids: int, groups: int = 1, max_iters: int = 300) -> Tensor:
+    """k-means centroids of ``x`` split along dim 0 into ``groups`` equal parts.
+
+    Returns float32 ``[groups, num_centroids]``, each row ascending (``1 <= num_centroids <=
+    256``; ``groups`` must divide ``x.size(0)``). Deterministic: centroids start at quantiles
+    (centroid ``j`` is the ``((2j + 1) * m // (2 * num_centroids))``-th of a group's ``m`` finite
+    values sorted ascending, moved to the next distinct value where two coincide), then Lloyd's
+    algorithm runs in float64 until an assignment repeats or ``max_iters`` updates have run (a
+    value goes to the nearer centroid, the lower one on a tie; an emptied cluster takes the value
+    farthest from its own cluster's mean). Non-finite values are ignored. A group with at most
+    ``num_centroids`` distinct values gets exactly those values, then copies of the largest (the
+    duplicates are never chosen: ties go to the lower index); a group without finite values gets
+    zeros. Always computed on the host: CUDA input is copied there and the result copied back.
+    """
+    return torch.ops.qat.kmeans_1d(x, num_centroids, groups, max_iters)
+
+
+def lut_fake_quantize(x: Tensor, lut: Tensor) -> Tensor:
+    """Palettize ``x``: every element becomes the nearest centroid of its group's LUT.
+
+    ``lut`` is ``[groups, k]`` (float32, float16 or bfloat16, ``1 <= k <= 256``) and ``x`` is
+    split along dim 0 into ``groups`` equal parts (the output channels of a weight). Nearest is
+    the smallest ``j`` minimizing ``|x - lut[g, j]|`` computed in float32, ignoring NaN
+    centroids; ``+inf`` / ``-inf`` take the largest / smallest centroid, NaN stays NaN. The
+    result has ``x``'s dtype (fp32, fp16 or bf16; any strides).
+
+    Gradients: straight-through for ``x`` (the incoming gradient, unchanged); for ``lut``, entry
+    ``[g, j]`` is the sum (in float64) of the incoming gradient over the elements of group ``g``
+    mapped to ``j``, so centroids can be learned.
+    """
+    return torch.ops.qat.lut_fake_quantize(x, lut)
+
+
+def lut_indices(x: Tensor, lut: Tensor) -> Tensor:
+    """The uint8 index of each element's nearest centroid (as :func:`lut_fake_quantize` picks
+    it; 0 for NaN), with ``x``'s shape: ``lut[g, lut_indices(x, lut)]`` is the palettized ``x``."""
+    return torch.ops.qat.lut_indices(x, lut)
+
+
+@torch.library.register_fake("qat::kmeans_1d")
+def _kmeans_1d_fake(x, num_centroids, groups=1, max_iters=300):
+    return x.new_empty((groups, num_centroids), dtype=torch.float32)
+
+
+@torch.library.register_fake("qat::lut_fake_quantize")
+def _lut_fake_quantize_fake(x, lut):
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("qat::lut_fake_quantize_backward")
+def _lut_fake_quantize_backward_fake(grad, x, lut):
+    return lut.new_empty(lut.shape)
+
+
+@torch.library.register_fake("qat::lut_indices")
+def _lut_indices_fake(x, lut):
+    return x.new_empty(x.shape, dtype=torch.uint8)

@@ -48,4 +48,16 @@ TORCH_LIBRARY(qat, m) {
       // Any strides do (the kernels read contiguous copies). The default, needs_exact_strides,
       // trips torch 2.13 inductor's decomposition of a mutating op that also returns a tensor.
       {at::Tag::flexible_layout});
+
+  // ---- palettization ----
+  // x is split along dim 0 into `groups` equal parts (a LUT per tensor, or per group of output
+  // channels). k-means centroids of each part, float32 [groups, num_centroids] ascending;
+  // non-finite values are ignored. Runs on the host (CUDA input is copied there and back).
+  m.def("kmeans_1d(Tensor x, int num_centroids, int groups=1, int max_iters=300) -> Tensor");
+  // y = lut[g, nearest centroid of x] with groups = lut.size(0), ties to the lower index.
+  // Gradients: straight-through for x; lut[g, j] gets the sum of grad over the elements mapped to j.
+  m.def("lut_fake_quantize(Tensor x, Tensor lut) -> Tensor");
+  m.def("lut_fake_quantize_backward(Tensor grad, Tensor x, Tensor lut) -> Tensor");
+  // uint8 nearest-centroid indices, x's shape: what a palettized weight stores.
+  m.def("lut_indices(Tensor x, Tensor lut) -> Tensor");
 }
