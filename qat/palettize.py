@@ -124,7 +124,8 @@ class LUTFakeQuantize(nn.Module):
     ``centroids`` (float32 ``[groups, 2**bits]``) is a parameter, trained when the spec is
     learnable. It is empty until :meth:`initialize` (or the first forward) runs k-means on a
     weight; the parameter object stays the same, so an optimizer built before holds it. A
-    ``state_dict`` loads into an uninitialized quantizer.
+    ``state_dict`` loads into an uninitialized quantizer. ``enable_fake_quant(False)`` passes
+    weights through unchanged; ``set_learnable(False)`` freezes the centroids.
     """
 
     def __init__(self, spec: LUTSpec):
@@ -134,7 +135,9 @@ class LUTFakeQuantize(nn.Module):
         self.spec = spec
         self.centroids = nn.Parameter(torch.zeros(0, spec.num_centroids), requires_grad=spec.learnable)
         self.register_buffer("initialized", torch.zeros(1, dtype=torch.uint8))
-        self._initialized = False  # host-side mirror of the buffer: no device read per step
+        self.register_buffer("fake_quant_enabled", torch.ones(1, dtype=torch.uint8))
+        self._initialized = False  # host-side mirrors of the buffers: no device read per step
+        self._fake_quant = True
 
     @torch.no_grad()
     def initialize(self, w: Tensor) -> None:
@@ -145,6 +148,16 @@ class LUTFakeQuantize(nn.Module):
         self.centroids.data = c.to(w.device)
         self.initialized.fill_(1)
         self._initialized = True
+
+    def enable_fake_quant(self, on: bool = True) -> "LUTFakeQuantize":
+        self._fake_quant = on
+        self.fake_quant_enabled.fill_(1 if on else 0)
+        return self
+
+    def set_learnable(self, on: bool = True) -> "LUTFakeQuantize":
+        """Train the centroids (``on``, when the spec is learnable) or hold them."""
+        self.centroids.requires_grad_(on and self.spec.learnable)
+        return self
 
     def lut(self) -> Tensor:
         """The LUT the forward uses: the centroids rounded to ``lut_dtype`` (straight-through),
@@ -157,6 +170,8 @@ class LUTFakeQuantize(nn.Module):
     def forward(self, w: Tensor) -> Tensor:
         if not self._initialized:
             self.initialize(w)
+        if not self._fake_quant:
+            return w
         _check_weight(w)
         groups = self.spec.groups(w.shape[0])
         if groups != self.centroids.shape[0]:
@@ -166,7 +181,8 @@ class LUTFakeQuantize(nn.Module):
 
     @torch.no_grad()
     def quantize_weight(self, w: Tensor) -> "PalettizedWeight":
-        """The converted weight: uint8 indices and the stored LUT (see :class:`PalettizedWeight`)."""
+        """The converted weight: uint8 indices and the stored LUT (see :class:`PalettizedWeight`).
+        Always palettized, whether fake quantization is enabled or not."""
         if not self._initialized:
             self.initialize(w)
         if torch.isnan(w).any():
@@ -186,6 +202,7 @@ class LUTFakeQuantize(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self._initialized = bool(self.initialized)
+        self._fake_quant = bool(self.fake_quant_enabled)
 
     def extra_repr(self) -> str:
         return f"{self.spec.describe()}, groups={self.centroids.shape[0]}, initialized={self._initialized}"

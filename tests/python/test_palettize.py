@@ -139,7 +139,29 @@ def test_state_dict_loads_into_a_fresh_quantizer():
     fresh = LUTFakeQuantize(spec)
     fresh.load_state_dict(q.state_dict())
     assert fresh._initialized and torch.equal(fresh(w), q(w))
-    assert set(q.state_dict()) == {"centroids", "initialized"}
+    assert set(q.state_dict()) == {"centroids", "initialized", "fake_quant_enabled"}
+    q.enable_fake_quant(False)
+    assert torch.equal(q(w), w)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh(w), w)
+
+
+def test_training_controls():
+    model = qat.prepare(nn.Sequential(nn.Linear(8, 4)), qat.Plan.from_yaml(yaml.safe_dump(
+        {"rules": [{"type": "Linear", "weight": {"kind": "lut", "bits": 2}}]})))
+    q = model[0].weight_quantizer
+    assert isinstance(q, LUTFakeQuantize) and q.centroids.requires_grad
+    qat.set_learnable_ranges(model, False)
+    assert not q.centroids.requires_grad
+    qat.set_learnable_ranges(model, True)
+    assert q.centroids.requires_grad
+    x = torch.randn(3, 8)
+    qat.disable_fake_quant(model)
+    assert torch.equal(model(x), nn.functional.linear(x, model[0].weight, model[0].bias))
+    qat.enable_fake_quant(model)
+    assert not torch.equal(model(x), nn.functional.linear(x, model[0].weight, model[0].bias))
+    frozen = LUTFakeQuantize(LUTSpec(learnable=False)).set_learnable(True)
+    assert not frozen.centroids.requires_grad
 
 
 def test_compiled_forward_matches_eager():
