@@ -11,6 +11,7 @@ from . import ops
 from . import nn, observers
 from .convert import convert
 from .float_spec import FloatSpec
+from .formats.gguf import GGUFFakeQuantize, GGUFSpec, GGUFWeight, gguf
 from .plan import Plan, Rule
 from .prepare import prepare
 from .quant_spec import QuantSpec
@@ -37,6 +38,10 @@ __all__ = [
     "spec_from_dict",
     "QuantSpec",
     "FloatSpec",
+    "gguf",
+    "GGUFSpec",
+    "GGUFFakeQuantize",
+    "GGUFWeight",
     "Plan",
     "Rule",
     "prepare",

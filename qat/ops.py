@@ -305,3 +305,88 @@ def _lut_fake_quantize_backward_fake(grad, x, lut):
 @torch.library.register_fake("qat::lut_indices")
 def _lut_indices_fake(x, lut):
     return x.new_empty(x.shape, dtype=torch.uint8)
+
+
+# ---- GGUF lattices ----
+
+__all__ += ["gguf_fake_quantize", "gguf_codes", "GGUF_LATTICE_TYPES"]
+
+#: The GGUF types with a block lattice (F32 / F16 / BF16 are plain casts: see qat.formats.gguf).
+GGUF_LATTICE_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")
+
+
+def gguf_fake_quantize(
+    w: Tensor,
+    d: Tensor,
+    dmin: Optional[Tensor],
+    sub_scales: Optional[Tensor],
+    sub_mins: Optional[Tensor],
+    type: str,
+) -> Tensor:
+    """Fake-quantize ``w`` onto the exact lattice of GGUF ``type``, blocks along the last dim.
+
+    Parameters (float32, on ``w``'s device; ``blocks = w.size(-1) // block``, block 32, or 256
+    for the K-quants):
+
+    - ``d`` ``[*w.shape[:-1], blocks]``: the block (K-quants: super-block) scale.
+    - ``dmin`` (Q4_1/Q5_1: the block minimum ``m``, added; Q2_K/Q4_K/Q5_K: the super-block min
+      scale, subtracted; ``None`` otherwise), ``d``'s shape.
+    - ``sub_scales`` (K-quants) and ``sub_mins`` (Q2_K/Q4_K/Q5_K): ``[..., blocks, n_sub]`` with
+      16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K) or 8 of 32 (Q4_K, Q5_K).
+
+    The forward uses the parameters as the file stores them: ``d`` / ``dmin`` rounded to fp16
+    (nearest even, clamped to +-65504, NaN as 0), sub-scales / mins rounded half to even and
+    clamped to the format's integers (Q2_K [0, 15], Q3_K [-32, 31], Q4_K/Q5_K [0, 63], Q6_K
+    [-128, 127]; mins [0, 15] / [0, 63]). The codes follow the rule ggml's reference quantizer
+    uses for its final codes (Q8_0 ``roundf(x / d)``; Q4_0/Q5_0 ``trunc(x / d + 8.5 / 16.5)``;
+    Q4_1/Q5_1 ``trunc((x - m) / d + 0.5)``, each with ``1 / d`` multiplied as ggml does;
+    K-quants ``nearest_int((x + dmin*m) / (d*sc))`` or ``nearest_int(x / (d*sc))``; IQ4_NL the
+    nearest codebook entry of ``x / d``), clamped, and ``y`` is ggml's ``dequantize_row_<type>`` of
+    them in its fp32 order: bitwise the weight llama.cpp decodes from the bytes
+    :func:`qat.export.gguf.pack` writes from :func:`gguf_codes` and the stored parameters. A zero
+    scale maps a block (or sub-block) to its zero code. Math in fp32 for fp32 / fp16 / bf16 ``w``;
+    the result has ``w``'s dtype (rounded from the fp32 lattice value). NaN in ``w`` stays NaN.
+
+    Gradients (C++ autograd): ``w`` gets the straight-through gradient, zero where the code
+    saturated. The parameters get LSQ gradients through ``y = s * value(u) (+ offset)``, with
+    ``s = d`` or ``d * sc``: inside the range ``dy/ds = value(u) - t`` (``t`` the scaled input the
+    format rounds) and the offset's gradient is 0; where saturated ``dy/ds = value(u)`` and the
+    offset gets ``+-1``. The fp16 and integer roundings are straight-through (identity), so
+    ``d`` gets ``sum_j sc_j dL/ds_j`` and ``sub_scales[j]`` gets ``d * dL/ds_j``, likewise
+    ``dmin`` / ``sub_mins``. Block sums use a fixed pairwise tree, identical on CPU and CUDA.
+    """
+    return torch.ops.qat.gguf_fake_quantize(w, d, dmin, sub_scales, sub_mins, type)
+
+
+def gguf_codes(
+    w: Tensor,
+    d: Tensor,
+    dmin: Optional[Tensor],
+    sub_scales: Optional[Tensor],
+    sub_mins: Optional[Tensor],
+    type: str,
+) -> Tensor:
+    """The int8 codes :func:`gguf_fake_quantize` decodes, ``w``'s shape, as the blocks store them:
+    Q8_0 the signed value; Q4_0 / Q5_0 ``value + 8`` / ``+ 16``; Q3_K ``value + 4``; Q6_K
+    ``value + 32``; IQ4_NL the codebook index; the others the unsigned code."""
+    return torch.ops.qat.gguf_codes(w, d, dmin, sub_scales, sub_mins, type)
+
+
+@torch.library.register_fake("qat::gguf_fake_quantize")
+def _gguf_fake_quantize_fake(w, d, dmin, sub_scales, sub_mins, type):
+    return w.new_empty(w.shape)
+
+
+@torch.library.register_fake("qat::gguf_fake_quantize_backward")
+def _gguf_fake_quantize_backward_fake(grad, w, d, dmin, sub_scales, sub_mins, type, param_grads):
+    def like(p):
+        if param_grads and p is not None:
+            return p.new_empty(p.shape)
+        return w.new_empty((0,), dtype=torch.float32)
+
+    return w.new_empty(w.shape), like(d), like(dmin), like(sub_scales), like(sub_mins)
+
+
+@torch.library.register_fake("qat::gguf_codes")
+def _gguf_codes_fake(w, d, dmin, sub_scales, sub_mins, type):
+    return w.new_empty(w.shape, dtype=torch.int8)

@@ -60,4 +60,23 @@ TORCH_LIBRARY(qat, m) {
   m.def("lut_fake_quantize_backward(Tensor grad, Tensor x, Tensor lut) -> Tensor");
   // uint8 nearest-centroid indices, x's shape: what a palettized weight stores.
   m.def("lut_indices(Tensor x, Tensor lut) -> Tensor");
+
+  // ---- GGUF lattices ----
+  // The exact lattice of a GGUF type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL) along
+  // w's last dim: d / dmin used as stored in fp16, sub-block scales / mins rounded to the format's
+  // integers, codes by the format's rule, y decoded in ggml's fp32 order (kernels/gguf_lattice.h).
+  // d, dmin: [*w.shape[:-1], blocks]; sub_scales, sub_mins: [..., blocks, sub-blocks].
+  m.def(
+      "gguf_fake_quantize(Tensor w, Tensor d, Tensor? dmin, Tensor? sub_scales, "
+      "Tensor? sub_mins, str type) -> Tensor");
+  // (grad_w, grad_d, grad_dmin, grad_sub_scales, grad_sub_mins); the parameter gradients are
+  // empty [0] for parameters the type lacks, and all four when not param_grads.
+  m.def(
+      "gguf_fake_quantize_backward(Tensor grad, Tensor w, Tensor d, Tensor? dmin, "
+      "Tensor? sub_scales, Tensor? sub_mins, str type, bool param_grads) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // int8 stored codes, w's shape: what the exported blocks hold.
+  m.def(
+      "gguf_codes(Tensor w, Tensor d, Tensor? dmin, Tensor? sub_scales, Tensor? sub_mins, "
+      "str type) -> Tensor");
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "qat_export/gguf.h"
+#include "qat_export/pack.h"
 #include "qat_export/quantize.h"
 #include "qat_export/types.h"
 
@@ -92,6 +93,102 @@ py::array_t<float> dequantize_py(const std::string& type_name, const py::buffer&
     dequantize(t.type, info.ptr, dst, n);
   }
   return out;
+}
+
+// ---- lattice bit layout (pack.h) --------------------------------------------------------------
+const LatticeLayout& lattice_by_name(const std::string& type_name) {
+  const TypeTraits& t = type_by_name(type_name);
+  const LatticeLayout* l = lattice_layout(t.type);
+  if (!l)
+    throw py::value_error(std::string(t.name) +
+                          " has no block lattice to pack (lattice types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+                          "Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL)");
+  return *l;
+}
+
+// A C-contiguous buffer of exactly `n` items of `itemsize` bytes (None -> nullptr when allowed).
+const void* field(const py::object& obj, const char* type_name, const char* what, ssize_t itemsize, ssize_t n,
+                  bool required, std::vector<py::buffer_info>& keep) {
+  if (obj.is_none()) {
+    if (required) throw py::value_error(std::string("pack ") + type_name + ": " + what + " is required");
+    return nullptr;
+  }
+  keep.push_back(contiguous(obj.cast<py::buffer>(), what, 0, ""));
+  const py::buffer_info& info = keep.back();
+  if (info.itemsize != itemsize)
+    throw py::type_error(std::string("pack ") + type_name + ": " + what + " must have " + std::to_string(itemsize) +
+                         "-byte items, got " + std::to_string(info.itemsize));
+  if (n_items(info) != n)
+    throw py::value_error(std::string("pack ") + type_name + ": " + what + " has " + std::to_string(n_items(info)) +
+                          " items, expected " + std::to_string(n));
+  return info.ptr;
+}
+
+py::bytes pack_py(const std::string& type_name, const py::buffer& codes, const py::object& d, const py::object& dmin,
+                  const py::object& scales, const py::object& mins) {
+  const LatticeLayout& l = lattice_by_name(type_name);
+  const char* name = type_traits(l.type).name;
+  std::vector<py::buffer_info> keep;
+  keep.reserve(5);
+  keep.push_back(contiguous(codes, "codes", 1, ""));
+  const ssize_t n = n_items(keep.back());
+  if (n % l.block != 0)
+    throw py::value_error(std::string("pack ") + name + ": " + std::to_string(n) + " codes are not whole blocks of " +
+                          std::to_string(l.block));
+  const int64_t nb = n / l.block;
+  PackFields f{static_cast<const int8_t*>(keep[0].ptr),
+               static_cast<const uint16_t*>(field(d, name, "d", 2, nb, true, keep)),
+               static_cast<const uint16_t*>(field(dmin, name, "dmin", 2, nb, l.has_dmin, keep)),
+               static_cast<const int8_t*>(field(scales, name, "scales", 1, nb * l.n_sub, l.n_sub > 0, keep)),
+               static_cast<const int8_t*>(field(mins, name, "mins", 1, nb * l.n_sub, l.has_mins, keep))};
+  if (!l.has_dmin && f.dmin) throw py::value_error(std::string("pack ") + name + " has no dmin");
+  if (l.n_sub == 0 && f.scales) throw py::value_error(std::string("pack ") + name + " has no sub-block scales");
+  if (!l.has_mins && f.mins) throw py::value_error(std::string("pack ") + name + " has no sub-block mins");
+  const size_t nbytes = row_size(l.type, n);
+  PyObject* obj = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(nbytes));
+  if (!obj) throw py::error_already_set();
+  py::bytes out = py::reinterpret_steal<py::bytes>(obj);
+  try {
+    pack(l.type, f, nb, PyBytes_AS_STRING(obj));
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  return out;
+}
+
+py::tuple unpack_py(const std::string& type_name, const py::buffer& data, int64_t n) {
+  const LatticeLayout& l = lattice_by_name(type_name);
+  py::buffer_info info = contiguous(data, "unpack", 0, "");
+  if (n < 0 || n % l.block != 0)
+    throw py::value_error(std::string("unpack ") + type_traits(l.type).name + ": " + std::to_string(n) +
+                          " elements are not whole blocks of " + std::to_string(l.block));
+  const size_t need = row_size(l.type, n);
+  const size_t have = static_cast<size_t>(n_items(info) * info.itemsize);
+  if (have != need)
+    throw py::value_error(std::string("unpack ") + type_traits(l.type).name + ": " + std::to_string(n) +
+                          " elements take " + std::to_string(need) + " bytes, got " + std::to_string(have));
+  const int64_t nb = n / l.block;
+  py::array_t<int8_t> codes(n);
+  py::array_t<uint16_t> d(nb);
+  py::object dmin = py::none(), scales = py::none(), mins = py::none();
+  UnpackFields f{codes.mutable_data(), d.mutable_data(), nullptr, nullptr, nullptr};
+  if (l.has_dmin) {
+    py::array_t<uint16_t> a(nb);
+    f.dmin = a.mutable_data();
+    dmin = a;
+  }
+  if (l.n_sub > 0) {
+    py::array_t<int8_t> a(nb * l.n_sub);
+    f.scales = a.mutable_data();
+    scales = a;
+  }
+  if (l.has_mins) {
+    py::array_t<int8_t> a(nb * l.n_sub);
+    f.mins = a.mutable_data();
+    mins = a;
+  }
+  unpack(l.type, info.ptr, nb, f);
+  return py::make_tuple(codes, d, dmin, scales, mins);
 }
 
 // ---- metadata values ----------------------------------------------------------------------------
@@ -279,6 +376,26 @@ PYBIND11_MODULE(_core, m) {
         "Quantizes a C-contiguous float32 buffer, rows of n_per_row, to bytes.");
   m.def("dequantize", &dequantize_py, py::arg("type"), py::arg("data"), py::arg("n"),
         "Dequantizes n elements from a bytes-like object to a float32 numpy array.");
+  m.def(
+      "lattice_layout",
+      [](const std::string& type_name) {
+        const LatticeLayout& l = lattice_by_name(type_name);
+        py::dict d;
+        d["block"] = l.block;
+        d["n_sub"] = l.n_sub;
+        d["has_dmin"] = l.has_dmin;
+        d["has_mins"] = l.has_mins;
+        d["codes"] = py::make_tuple(l.code_min, l.code_max);
+        d["scales"] = py::make_tuple(l.scale_min, l.scale_max);
+        d["mins"] = py::make_tuple(0, l.min_max);
+        return d;
+      },
+      py::arg("type"), "Block layout of a lattice type: block, n_sub, has_dmin, has_mins and field ranges.");
+  m.def("pack", &pack_py, py::arg("type"), py::arg("codes"), py::arg("d"), py::arg("dmin") = py::none(),
+        py::arg("scales") = py::none(), py::arg("mins") = py::none(),
+        "Packs int8 codes, fp16-bit (uint16) d / dmin and int8 sub-block scales / mins into block bytes.");
+  m.def("unpack", &unpack_py, py::arg("type"), py::arg("data"), py::arg("n"),
+        "(codes int8[n], d uint16[nb], dmin, scales int8[nb*n_sub], mins) of n elements' block bytes.");
 
   py::class_<gguf::Writer>(m, "Writer")
       .def(py::init<>())

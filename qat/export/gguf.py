@@ -394,3 +394,135 @@ class GGUFReader:
         """The tensor dequantized to a float32 ``torch.Tensor`` in PyTorch order."""
         info = self.tensor_info(key)
         return dequantize(self.tensor_bytes(key), info.type, info.shape)
+
+
+# ---- lattice fields: pack / unpack ------------------------------------------------------------
+
+__all__ += ["BlockParams", "LATTICE_TYPES", "lattice_layout", "pack", "unpack_params"]
+
+#: The block types whose bytes are codes plus block (and sub-block) scales.
+LATTICE_TYPES: Tuple[str, ...] = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL")
+
+
+class BlockParams(NamedTuple):
+    """The stored fields of a tensor of a lattice type (``shape`` in PyTorch order, blocks along
+    the last dim; ``blocks = shape[-1] // block``):
+
+    - ``codes``: int8, ``shape``: each element's stored code (Q8_0 the signed value; Q4_0 /
+      Q5_0 value + 8 / + 16; Q3_K value + 4; Q6_K value + 32; IQ4_NL the codebook index).
+    - ``d``: float32 ``[*shape[:-1], blocks]``, the fp16 block (super-block) scale.
+    - ``dmin``: like ``d``; Q4_1/Q5_1 the block minimum, Q2_K/Q4_K/Q5_K the min scale; else None.
+    - ``scales``: int8 ``[*shape[:-1], blocks, n_sub]`` K-quant sub-block scales (Q3_K signed,
+      unbiased), else None.
+    - ``mins``: like ``scales``, Q2_K/Q4_K/Q5_K only, else None.
+    """
+
+    codes: Any
+    d: Any
+    dmin: Any
+    scales: Any
+    mins: Any
+
+
+def lattice_layout(type: Union[str, int]) -> Dict[str, Any]:
+    """``{"block", "n_sub", "has_dmin", "has_mins", "codes": (lo, hi), "scales": (lo, hi),
+    "mins": (0, hi)}`` of a lattice type; ``ValueError`` for any other type."""
+    return _core.lattice_layout(type_info(type).name)
+
+
+def _to_numpy(x: Any, what: str) -> np.ndarray:
+    if type(x).__module__.startswith("torch"):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _fp16_bits(x: Any, shape: Tuple[int, ...], name: str, what: str) -> np.ndarray:
+    a = _to_numpy(x, what)
+    if a.shape != shape:
+        raise ValueError(f"{what}: {name} must have shape {shape}, got {a.shape}")
+    if a.dtype == np.float16:
+        return np.ascontiguousarray(a).view(np.uint16).reshape(-1)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{what}: {name} must hold floats (fp16 values), got dtype {a.dtype}")
+    h = a.astype(np.float16)
+    with np.errstate(invalid="ignore"):
+        exact = np.array_equal(h.astype(a.dtype), a)
+    if not exact:
+        raise ValueError(f"{what}: {name} holds values fp16 cannot store exactly; round them first "
+                         "(the QAT forward uses d and dmin as fp16)")
+    return np.ascontiguousarray(h).view(np.uint16).reshape(-1)
+
+
+def _int8_field(x: Any, shape: Tuple[int, ...], name: str, what: str) -> np.ndarray:
+    a = _to_numpy(x, what)
+    if a.shape != shape:
+        raise ValueError(f"{what}: {name} must have shape {shape}, got {a.shape}")
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.array_equal(np.round(a), a):
+            raise ValueError(f"{what}: {name} must hold integers")
+    elif a.dtype.kind not in "iub":
+        raise TypeError(f"{what}: {name} must hold integers, got dtype {a.dtype}")
+    if a.size and (a.min() < -128 or a.max() > 127):
+        raise ValueError(f"{what}: {name} holds values outside int8 ({a.min()}..{a.max()})")
+    return np.ascontiguousarray(a.astype(np.int8)).reshape(-1)
+
+
+def pack(type: Union[str, int], codes: Any, d: Any, dmin: Any = None, scales: Any = None, mins: Any = None) -> bytes:
+    """Lays out codes and stored parameters as GGUF ``type`` blocks: the bytes whose
+    dequantization is ``value(codes)`` on the lattice of (``d``, ``dmin``, ``scales``, ``mins``).
+    Fields as :class:`BlockParams` describes them (torch tensors or numpy arrays); ``d`` and
+    ``dmin`` must hold values fp16 stores exactly, the integer fields integers in range. Pure
+    bit layout: nothing is rounded. ``ValueError`` / ``TypeError`` name what is wrong."""
+    t = type_info(type)
+    layout = lattice_layout(t.name)
+    what = f"pack {t.name}"
+    c = _to_numpy(codes, what)
+    if c.dtype.kind not in "iu":
+        raise TypeError(f"{what}: codes must be an integer tensor, got dtype {c.dtype}")
+    _check_rows(c.shape, t, what)
+    lo, hi = layout["codes"]
+    if c.size and (c.min() < lo or c.max() > hi):
+        raise ValueError(f"{what}: codes must lie in [{lo}, {hi}], got {c.min()}..{c.max()}")
+    if c.size == 0:
+        return b""
+    pshape = (*c.shape[:-1], c.shape[-1] // t.block_size)
+    sshape = (*pshape, layout["n_sub"])
+    fields = {"dmin": (dmin, layout["has_dmin"]), "scales": (scales, layout["n_sub"] > 0),
+              "mins": (mins, layout["has_mins"])}
+    for name, (value, wanted) in fields.items():
+        if wanted and value is None:
+            raise ValueError(f"{what}: {name} is required")
+        if not wanted and value is not None:
+            raise ValueError(f"{what}: {t.name} has no {name}")
+    return _core.pack(
+        t.name,
+        np.ascontiguousarray(c.astype(np.int8)).reshape(-1),
+        _fp16_bits(d, pshape, "d", what),
+        None if dmin is None else _fp16_bits(dmin, pshape, "dmin", what),
+        None if scales is None else _int8_field(scales, sshape, "scales", what),
+        None if mins is None else _int8_field(mins, sshape, "mins", what),
+    )
+
+
+def unpack_params(data: Any, type: Union[str, int], shape: Union[int, Sequence[int]]) -> BlockParams:
+    """The stored fields of GGUF ``type`` bytes of a tensor of ``shape`` (PyTorch order), as
+    torch tensors (:class:`BlockParams`); ``pack`` of them gives the same bytes back."""
+    import torch
+
+    t = type_info(type)
+    layout = lattice_layout(t.name)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    _check_rows(shape, t, f"unpack_params {t.name}")
+    buf = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    n = math.prod(shape)
+    codes, d, dmin, scales, mins = _core.unpack(t.name, buf, n)
+    pshape = (*shape[:-1], shape[-1] // t.block_size)
+    sshape = (*pshape, layout["n_sub"])
+
+    def half(a):
+        return None if a is None else torch.from_numpy(a.view(np.float16).astype(np.float32).reshape(pshape))
+
+    def ints(a):
+        return None if a is None else torch.from_numpy(a.reshape(sshape))
+
+    return BlockParams(torch.from_numpy(codes.reshape(shape)), half(d), half(dmin), ints(scales), ints(mins))
