@@ -2,8 +2,9 @@
 
 The weight the quantizer sees is the folded one, ``weight * gamma / sqrt(running_var + eps)``,
 so training fake-quantizes exactly the weight that is deployed. While the BN statistics train,
-the convolution's output is unscaled again and normalized with the batch's statistics (which
-also move the running ones); once frozen (:meth:`QuantConvBn2d.freeze_bn_stats`), and in eval
+the convolution's output is unscaled again (the fake-quantized weight divided by the factor, per
+output channel) and normalized with the batch's statistics (which also move the running ones),
+as torch.ao's ConvBn2d does; once frozen (:meth:`QuantConvBn2d.freeze_bn_stats`), and in eval
 mode, the forward is the folded convolution itself: ``conv(x, fq(w_folded)) + b_folded`` with
 ``b_folded = beta + (bias - running_mean) * gamma / sqrt(running_var + eps)``.
 :func:`qat.convert` turns it into a plain :class:`QuantConv2d` with that weight and bias.
@@ -56,41 +57,52 @@ class QuantConvBn2d(QuantConv2d):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._bn_frozen = bool(self.bn_frozen)
 
-    def _bn_factors(self) -> Tuple[Tensor, Tensor]:
-        """(gamma / sqrt(running_var + eps), folded bias)."""
+    def _fold_factor(self) -> Tensor:
+        """gamma / sqrt(running_var + eps), per output channel."""
         bn = self.bn
         gamma = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+        return gamma / torch.sqrt(bn.running_var + bn.eps)
+
+    def _folded_bias(self, factor: Tensor) -> Tensor:
+        bn = self.bn
         beta = bn.bias if bn.affine else torch.zeros_like(bn.running_var)
-        factor = gamma / torch.sqrt(bn.running_var + bn.eps)
         bias = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
-        return factor, beta + (bias - bn.running_mean) * factor
+        return beta + (bias - bn.running_mean) * factor
+
+    def _bn_factors(self) -> Tuple[Tensor, Tensor]:
+        """(fold factor, folded bias)."""
+        factor = self._fold_factor()
+        return factor, self._folded_bias(factor)
 
     def _batch_stats(self) -> bool:
         return self.training and not self._bn_frozen
 
     def _float_weight(self) -> Tensor:
-        factor, _ = self._bn_factors()
         if self._batch_stats():
-            # With batch statistics the output does not depend on the fold factor (the BN
-            # undoes any per-channel scale, up to the weight's rounding), so it carries no
-            # gradient there: gamma learns through the BN's affine, as in the float model, and
-            # the backward skips the division's.
-            factor = factor.detach()
+            with torch.no_grad():
+                factor = self._fold_factor()
+        else:
+            factor = self._fold_factor()
         return self.weight * factor.reshape(-1, 1, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._quantize_input(x)
-        w = self.quant_weight()
         if self._batch_stats():
-            factor = self._bn_factors()[0].detach()
-            # A channel whose gamma is 0 has an all-zero folded weight; unscale it by 1 instead.
-            inv = torch.where(factor == 0, torch.ones_like(factor), factor).reciprocal()
-            y = self._conv_forward(x, w, None) * inv.reshape(1, -1, 1, 1)
-            if self.bias is not None:
-                y = y + self.bias.reshape(1, -1, 1, 1)
-            y = self.bn(y)
+            # With batch statistics the output does not depend on the fold factor (the BN
+            # undoes any per-channel scale, up to the weight's rounding), so it carries no
+            # gradient there: gamma learns through the BN's affine, as in the float model.
+            with torch.no_grad():
+                factor = self._fold_factor()
+                # A channel whose gamma is 0 has an all-zero folded weight; unscale it by 1.
+                inv = torch.where(factor == 0, torch.ones_like(factor), factor).reciprocal()
+            w = self._fake_quant_weight(self.weight * factor.reshape(-1, 1, 1, 1))
+            # conv(x, w) / factor, unscaled in weight space (the conv is linear in its weight,
+            # per output channel): no extra pass over the activations.
+            y = self.bn(self._conv_forward(x, w * inv.reshape(-1, 1, 1, 1), self.bias))
         else:
-            y = self._conv_forward(x, w, self._bn_factors()[1])
+            factor = self._fold_factor()
+            w = self._fake_quant_weight(self.weight * factor.reshape(-1, 1, 1, 1))
+            y = self._conv_forward(x, w, self._folded_bias(factor))
         return self._quantize_output(y)
 
     @torch.no_grad()

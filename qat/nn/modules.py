@@ -101,10 +101,11 @@ class QuantModule:
         """The weight the forward uses: fake-quantized, or dequantized after convert."""
         if self.quantized_weight is not None:
             return self._unrows(self.quantized_weight.dequantize())
-        w = self._float_weight()
-        if self.weight_quantizer is None:
-            return w
-        return self._unrows(self.weight_quantizer(self._rows(w)))
+        return self._fake_quant_weight(self._float_weight())
+
+    def _fake_quant_weight(self, w: Tensor) -> Tensor:
+        quantizer = self.weight_quantizer
+        return w if quantizer is None else self._unrows(quantizer(self._rows(w)))
 
     def _quantize_input(self, x: Tensor) -> Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
