@@ -150,6 +150,7 @@ at::Tensor FakeQuantizerImpl::moving_average_forward(const at::Tensor& x) {
   if (x.numel() == 0) return x;
   const std::vector<int64_t> shape = stats_shape(x, options);
   if (min_val.sizes() != at::IntArrayRef(shape)) {
+    if (min_val.numel() == 0 && !is_training()) return x;  // per channel, nothing observed yet
     TORCH_CHECK(min_val.numel() == 0, "qat::FakeQuantizer: observed ", min_val.sizes(),
                 " channels, x of shape ", x.sizes(), " needs ", at::IntArrayRef(shape));
     torch::NoGradGuard no_grad;
@@ -159,8 +160,12 @@ at::Tensor FakeQuantizerImpl::moving_average_forward(const at::Tensor& x) {
     scale.set_data(torch::ones(shape, opts));
     zero_point.set_data(torch::zeros(shape, opts));
   }
+  // Eval mode quantizes with the stored range: the op gets an observer flag that is off.
+  if (!is_training() && (!never_.defined() || never_.device() != x.device())) {
+    never_ = torch::zeros({1}, torch::dtype(torch::kUInt8).device(x.device()));
+  }
   return ops::call_observe_fake_quantize(
-      x, enabled, fake_quant_enabled, min_val, max_val, scale, zero_point,
+      x, is_training() ? enabled : never_, fake_quant_enabled, min_val, max_val, scale, zero_point,
       options.averaging_constant(), options.quant_min(), options.quant_max(),
       options.axis().value_or(0), options.axis().has_value(), options.symmetric());
 }

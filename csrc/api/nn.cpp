@@ -20,12 +20,19 @@ FakeQuantizer make_quantizer(torch::nn::Module& m, const char* name,
   return m.register_module(name, FakeQuantizer(*options));
 }
 
-void check_weight_axis(const FakeQuantizerOptions& o, int64_t weight_dim, const char* layer) {
+void check_weight_axis(const FakeQuantizerOptions& o, const char* layer) {
   if (o.axis()) {
-    TORCH_CHECK(-weight_dim <= *o.axis() && *o.axis() < weight_dim, layer,
-                ": weight_quantizer axis ", *o.axis(), " is out of range for a ", weight_dim,
-                "-d weight");
+    TORCH_CHECK(-2 <= *o.axis() && *o.axis() < 2, layer,
+                ": weight_quantizer axis ", *o.axis(),
+                " is out of range for the weight's 2-D [out_channels, -1] view");
   }
+}
+
+// Weight quantizers see the weight as rows = output channels, columns = everything else (a
+// conv's [out, in, kh, kw] as [out, in * kh * kw]), as qat.nn's modules do: axis 0 and
+// group_size mean the same for every layer type.
+at::Tensor quantized(FakeQuantizer q, const at::Tensor& weight) {
+  return q->forward(weight.reshape({weight.size(0), -1})).reshape(weight.sizes());
 }
 
 // An absent (empty) quantizer is the identity.
@@ -80,7 +87,7 @@ void QuantLinearImpl::reset() {
   TORCH_CHECK(options.in_features() > 0 && options.out_features() > 0,
               "qat::nn::QuantLinear: in_features and out_features must be positive, got ",
               options.in_features(), " and ", options.out_features());
-  check_weight_axis(options.weight_quantizer(), 2, "qat::nn::QuantLinear");
+  check_weight_axis(options.weight_quantizer(), "qat::nn::QuantLinear");
   weight = register_parameter("weight",
                               torch::empty({options.out_features(), options.in_features()}));
   if (options.bias()) {
@@ -103,13 +110,13 @@ at::Tensor QuantLinearImpl::forward(const at::Tensor& x) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == options.in_features(),
               "qat::nn::QuantLinear: expected input with last dim ", options.in_features(),
               ", got shape ", x.sizes());
-  const at::Tensor y = torch::linear(quantize_if(input_quantizer, x), weight_quantizer->forward(weight), bias);
+  const at::Tensor y = torch::linear(quantize_if(input_quantizer, x), quantized(weight_quantizer, weight), bias);
   return quantize_if(output_quantizer, y);
 }
 
 at::Tensor QuantLinearImpl::quantized_weight() {
   torch::NoGradGuard no_grad;
-  return weight_quantizer->forward(weight);
+  return quantized(weight_quantizer, weight);
 }
 
 void QuantLinearImpl::pretty_print(std::ostream& stream) const {
@@ -154,7 +161,7 @@ void QuantConv2dImpl::reset() {
     TORCH_CHECK((*o.stride())[0] == 1 && (*o.stride())[1] == 1, layer,
                 ": padding='same' is not supported for strided convolutions");
   }
-  check_weight_axis(o.weight_quantizer(), 4, layer);
+  check_weight_axis(o.weight_quantizer(), layer);
 
   const auto k = *o.kernel_size();
   weight = register_parameter(
@@ -178,7 +185,7 @@ void QuantConv2dImpl::reset_parameters() {
 at::Tensor QuantConv2dImpl::forward(const at::Tensor& x) {
   const QuantConv2dOptions& o = options;
   const at::Tensor xq = quantize_if(input_quantizer, x);
-  const at::Tensor w = weight_quantizer->forward(weight);
+  const at::Tensor w = quantized(weight_quantizer, weight);
   at::Tensor y;
   if (std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
     y = F::conv2d(xq, w, F::Conv2dFuncOptions()
@@ -207,7 +214,7 @@ at::Tensor QuantConv2dImpl::forward(const at::Tensor& x) {
 
 at::Tensor QuantConv2dImpl::quantized_weight() {
   torch::NoGradGuard no_grad;
-  return weight_quantizer->forward(weight);
+  return quantized(weight_quantizer, weight);
 }
 
 void QuantConv2dImpl::pretty_print(std::ostream& stream) const {

@@ -1,5 +1,8 @@
 #include "qat/state_dict.h"
 
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -68,12 +71,31 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state, bool str
   }
 }
 
-void save_state_dict(const torch::nn::Module& module, const std::string& path) {
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(state_dict(module)));
+void save_state_dict(const StateDict& state, const std::string& path) {
+  // torch::pickle_save, except that the dict goes out untagged: a tagged one needs
+  // torch.jit._pickle.restore_type_tag, which torch.load(weights_only=True) refuses.
+  std::vector<char> pickled;
+  torch::jit::Pickler pickler(
+      [&](const char* data, size_t n) { pickled.insert(pickled.end(), data, data + n); },
+      /*tensor_table=*/nullptr, /*type_renamer=*/nullptr, /*memoized_class_types=*/nullptr,
+      /*get_tensor_id=*/nullptr, /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(state));
+  pickler.stop();
   std::ofstream out(path, std::ios::binary);
   TORCH_CHECK(out, "qat::save_state_dict: cannot open '", path, "' for writing");
-  out.write(bytes.data(), std::streamsize(bytes.size()));
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
+    out.write(static_cast<const char*>(data), std::streamsize(n));
+    return out.good() ? n : size_t(0);
+  });
+  torch::jit::writeArchiveAndTensors("data", pickled.data(), pickled.size(), pickler.tensorData(),
+                                     writer);
+  writer.writeEndOfFile();
   TORCH_CHECK(out.good(), "qat::save_state_dict: writing '", path, "' failed");
+}
+
+void save_state_dict(const torch::nn::Module& module, const std::string& path) {
+  save_state_dict(state_dict(module), path);
 }
 
 StateDict read_state_dict(const std::string& path) {

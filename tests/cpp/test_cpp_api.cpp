@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 #include <string>
@@ -234,6 +235,24 @@ TEST_F(CppApi, MovingAverageFreezesAndBypasses) {
   expect_equal(q(x), x, "fake quant off");
 }
 
+TEST_F(CppApi, MovingAverageObservesInTrainingModeOnly) {
+  FakeQuantizer q(FakeQuantizerOptions::moving_average(0, 255).axis(1));
+  q->eval();
+  const at::Tensor x = torch::randn({4, 3, 5});
+  expect_equal(q(x), x, "eval before any observation");
+  EXPECT_EQ(q->min_val.numel(), 0);
+  q->train();
+  q(x);
+  const at::Tensor lo = q->min_val.clone(), hi = q->max_val.clone(), s = q->scale.clone();
+  q->eval();
+  const at::Tensor z = torch::randn({4, 3, 5}) * 5;
+  const at::Tensor y = q(z);
+  expect_equal(q->min_val, lo, "eval min_val");
+  expect_equal(q->max_val, hi, "eval max_val");
+  expect_equal(y, at::fake_quantize_per_channel_affine(z, s, q->zero_point.to(torch::kInt32), 1, 0, 255),
+               "eval forward with the stored range");
+}
+
 TEST_F(CppApi, MovingAverageStraightThroughGradient) {
   FakeQuantizer q(FakeQuantizerOptions::moving_average(0, 255));
   q(torch::rand({200}));
@@ -353,6 +372,18 @@ TEST_F(CppApi, QuantConv2dEqualsConvOnFakeQuantizedWeight) {
   EXPECT_GT(conv->bias.grad().abs().sum().item<double>(), 0.0);
 }
 
+TEST_F(CppApi, ConvWeightIsQuantizedAsOutputChannelRows) {
+  // Groups of 9 along in * kh * kw, as Python's qat.nn sees a conv weight.
+  QuantConv2d conv(QuantConv2dOptions(2, 4, 3).weight_quantizer(
+      FakeQuantizerOptions::learnable(-8, 7).group_size(9)));
+  const at::Tensor w = conv->quantized_weight();
+  const auto& q = conv->weight_quantizer;
+  ASSERT_EQ(q->scale.sizes(), at::IntArrayRef({4, 2}));
+  expect_equal(w, qat::fake_quantize(conv->weight.reshape({4, 18}), q->scale, q->zero_point, -8, 7, 0, 9)
+                      .reshape({4, 2, 3, 3}),
+               "per-group conv weight");
+}
+
 // ---- state dicts and copies ------------------------------------------------------------------
 
 struct TinyNetImpl : torch::nn::Module {
@@ -392,6 +423,20 @@ TEST_F(CppApi, StateDictRoundTripsIntoAFreshModel) {
   ASSERT_TRUE(copy);
   expect_equal(copy->weight_quantizer->scale, a->fc->weight_quantizer->scale, "cloned scale");
   EXPECT_NE(copy->weight.data_ptr(), a->fc->weight.data_ptr());
+}
+
+TEST_F(CppApi, ReadStateDictReadsTorchPickleSave) {
+  qat::StateDict state;
+  state.insert("a", torch::randn({3, 2}));
+  state.insert("b", torch::arange(5));
+  const std::vector<char> bytes = torch::pickle_save(c10::IValue(state));  // a tagged dict
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("qat_pickle_" + std::to_string(::getpid()) + ".pt")).string();
+  std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+  const qat::StateDict back = qat::read_state_dict(path);
+  std::filesystem::remove(path);
+  expect_equal(back.at("a"), state.at("a"), "a");
+  expect_equal(back.at("b"), state.at("b"), "b");
 }
 
 TEST_F(CppApi, TorchSaveLoadKeepsTheFlags) {

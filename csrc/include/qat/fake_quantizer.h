@@ -23,7 +23,9 @@ enum class RangeMode {
   // MSE-optimal clipping of the first tensor seen (LearnableFakeQuantize).
   kLearnable,
   // torch.ao's fused moving-average observer: buffers `min_val`, `max_val`, `scale`,
-  // `zero_point`, updated on every forward while enabled (MovingAverageFakeQuantize).
+  // `zero_point` (MovingAverageFakeQuantize's state), updated by every forward in training mode
+  // while enabled; eval mode quantizes with the stored range and never changes it (as qat.nn's
+  // activation quantizers, qat.quantizers.ActivationFakeQuantize, do).
   kMovingAverage,
 };
 
@@ -66,9 +68,9 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
   void reset() override;
 
   // Fake-quantized x (x itself while disabled). A learned range initializes on the first
-  // non-empty x; a moving-average range sizes its per-channel statistics on it. Parameters are
-  // resized in place (Tensor::set_data), so an optimizer built before the first forward keeps
-  // training the same tensors.
+  // non-empty x; a moving-average range sizes its per-channel statistics on it (until then an
+  // eval-mode forward passes x through). Parameters are resized in place (Tensor::set_data), so
+  // an optimizer built before the first forward keeps training the same tensors.
   at::Tensor forward(const at::Tensor& x);
 
   // kLearnable: set scale / zero_point from the MSE-optimal clipping of x (what the first
@@ -110,6 +112,7 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
 
   bool enabled_on_ = true;
   bool initialized_on_ = false;
+  at::Tensor never_;  // an observer flag that is always off, for eval-mode forwards
 };
 
 TORCH_MODULE(FakeQuantizer);

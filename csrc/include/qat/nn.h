@@ -1,7 +1,10 @@
 // Quantized-training layers for LibTorch: torch::nn::Linear / Conv2d with a fake-quantized
 // weight and optional fake-quantized input and output. Names match Python's qat.nn modules
 // (parameters `weight`, `bias`; submodules `weight_quantizer`, `input_quantizer`,
-// `output_quantizer`), so state dicts move between the two as they are.
+// `output_quantizer`), so state dicts move between the two as they are. As there, the weight
+// quantizer sees the weight as a 2-D [out_channels, -1] view (per-channel axis 0 = output
+// channels; group_size counts along in_channels * kh * kw), and a learnable weight range
+// initializes from the weight at the first forward (load or copy float weights before it).
 #pragma once
 
 #include <torch/nn/modules/conv.h>

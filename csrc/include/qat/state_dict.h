@@ -21,8 +21,11 @@ StateDict state_dict(const torch::nn::Module& module);
 // ranges are sized by the first tensor seen). strict: missing or unexpected names are errors.
 void load_state_dict(torch::nn::Module& module, const StateDict& state, bool strict = true);
 
-// torch.save / torch.load compatible files (torch::pickle_save of a StateDict).
+// Writes a file in torch.save's zip format holding a plain dict of tensors, which
+// torch.load(path, weights_only=True) reads in Python (and read_state_dict here).
 void save_state_dict(const torch::nn::Module& module, const std::string& path);
+void save_state_dict(const StateDict& state, const std::string& path);
+// Reads a dict of tensors written by save_state_dict, torch::pickle_save or torch.save.
 StateDict read_state_dict(const std::string& path);
 
 }  // namespace qat
