@@ -35,12 +35,13 @@ struct Args {
   int64_t eval_batch_size = 1000;
   int64_t sample = 256;
   int64_t log_every = 100;
+  int64_t fake_quant = 1;  // 0: train and evaluate in float (the baseline QAT is compared to)
 };
 
 const char* kUsage =
     "usage: fashion_mnist_qat --out DIR [--data-dir DIR] [--epochs N] [--max-steps N]\n"
     "         [--batch-size N] [--optimizer adam|sgd] [--lr X] [--qparam-lr X] [--threads N]\n"
-    "         [--seed N] [--eval-batch-size N] [--sample N] [--log-every N]\n";
+    "         [--seed N] [--eval-batch-size N] [--sample N] [--log-every N] [--fake-quant 0|1]\n";
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -106,6 +107,8 @@ Args parse(int argc, char** argv) {
   take_int("eval-batch-size", a.eval_batch_size, 1);
   take_int("sample", a.sample, 1);
   take_int("log-every", a.log_every, 1);
+  take_int("fake-quant", a.fake_quant, 0);
+  TORCH_CHECK(a.fake_quant <= 1, "--fake-quant must be 0 or 1, got ", a.fake_quant);
   take_double("lr", a.lr);
   take_double("qparam-lr", a.qparam_lr);
   TORCH_CHECK(kv.empty(), "unknown option --", kv.begin()->first, "\n", kUsage);
@@ -165,6 +168,7 @@ int run(const Args& a) {
             << " s), " << torch::get_num_threads() << " threads\n";
 
   fmnist::FashionCnn model;
+  if (!a.fake_quant) qat::enable_fake_quant(*model, false);
   std::cout << *model << "\n";
   auto optimizer = make_optimizer(*model, a);
 

@@ -453,6 +453,32 @@ TEST_F(CppApi, TorchSaveLoadKeepsTheFlags) {
   expect_equal(b(x), a(x), "torch::load'ed output");
 }
 
+// ---- training controls -----------------------------------------------------------------------
+
+TEST_F(CppApi, TrainingControlsReachEveryQuantizer) {
+  TinyNet net;
+  const at::Tensor x = torch::rand({2, 1, 8, 8});
+  net(x);
+  qat::enable_fake_quant(*net, false);
+  const at::Tensor h = torch::relu(torch::conv2d(x, net->conv->weight, net->conv->bias)).flatten(1);
+  expect_equal(net(x), torch::linear(h, net->fc->weight, net->fc->bias), "fake quantization off");
+  qat::enable_fake_quant(*net, true);
+  EXPECT_TRUE(net->conv->weight_quantizer->is_enabled());
+  EXPECT_EQ(net->fc->input_quantizer->fake_quant_enabled.item<int>(), 1);
+
+  qat::freeze_observers(*net);
+  const at::Tensor lo = net->fc->input_quantizer->min_val.clone();
+  net(torch::rand({2, 1, 8, 8}) * 9 - 4);
+  expect_equal(net->fc->input_quantizer->min_val, lo, "frozen observer");
+  EXPECT_TRUE(net->conv->weight_quantizer->is_enabled()) << "learnable ranges observe nothing";
+
+  qat::set_learnable_ranges(*net, false);
+  EXPECT_FALSE(net->conv->weight_quantizer->scale.requires_grad());
+  net(x).sum().backward();
+  EXPECT_FALSE(net->conv->weight_quantizer->scale.grad().defined());
+  EXPECT_TRUE(net->conv->weight.grad().defined());
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 template <typename F>

@@ -150,6 +150,7 @@ def test_python_recipe_script(cpp_run):
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
     (["--lr", "fast"], "--lr must be a positive number"),
     (["--optimizer", "lamb"], "--optimizer must be adam or sgd"),
+    (["--fake-quant", "2"], "--fake-quant must be 0 or 1"),
     (["--bogus", "1"], "unknown option --bogus"),
     (["--data-dir", "/nonexistent"], "nor /nonexistent/train-images-idx3-ubyte"),
 ])

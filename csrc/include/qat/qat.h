@@ -25,8 +25,9 @@ at::Tensor fake_cast(const at::Tensor& x, std::string_view fmt);
 
 }  // namespace qat
 
-// Modules: qat::FakeQuantizer, qat::nn::QuantLinear / QuantConv2d, and state dicts that Python's
-// torch.load reads.
+// Modules: qat::FakeQuantizer, qat::nn::QuantLinear / QuantConv2d, state dicts that Python's
+// torch.load reads, and training controls (freeze observers, fake quantization on / off).
 #include "qat/fake_quantizer.h"
 #include "qat/nn.h"
 #include "qat/state_dict.h"
+#include "qat/training.h"
