@@ -201,15 +201,12 @@ def _is_quant_module(module: Any) -> bool:
 
 
 def _first_last(model: Any) -> Tuple[Optional[str], Optional[str]]:
-    try:
-        from ..prepare import quantizable_names  # type: ignore[attr-defined]
-    except ImportError:
-        quantizable_names = None
-    if quantizable_names is not None:
-        names = list(quantizable_names(model))
-    else:
-        names = [n for n, m in model.named_modules()
-                 if n and hasattr(m, "weight") and getattr(m, "weight", None) is not None and m.weight.dim() >= 2]
+    """The modules a plan's ``<first>`` / ``<last>`` markers name, found as qat.prepare finds them."""
+    from ..nn.modules import QuantModule
+    from ..prepare import quantizable_types
+
+    table = quantizable_types()
+    names = [n for n, m in model.named_modules() if type(m) in table or isinstance(m, QuantModule)]
     return (names[0], names[-1]) if names else (None, None)
 
 
@@ -274,12 +271,18 @@ def _short_name(name: str, taken: set) -> str:
 
 
 def _plan_yaml(plan: Any, model: Any) -> Optional[str]:
+    """The plan as YAML: the one given, else (for a prepared model) one exact-name rule per QAT
+    module with the specs it was prepared with."""
     if plan is None:
-        plan = getattr(model, "qat_plan", None) or getattr(model, "_qat_plan", None)
-    if plan is None:
-        return None
-    to_yaml = getattr(plan, "to_yaml", None)
-    return to_yaml() if to_yaml is not None else None
+        from ..plan import Plan, Rule
+
+        rules = []
+        for name, m in model.named_modules():
+            specs = {role: getattr(m, f"{role}_spec", None) for role in ("weight", "input", "output")}
+            if _is_quant_module(m) and any(v is not None for v in specs.values()):
+                rules.append(Rule(pattern=name, **specs))
+        plan = Plan(rules) if rules else None
+    return plan.to_yaml() if plan is not None else None
 
 
 # ---- the two layouts ----------------------------------------------------------------------------
@@ -310,8 +313,8 @@ def _llama_entries(model: Any, ctx: _Context) -> Tuple[List[_Entry], List[str]]:
                 raise ValueError(f"llama export: {t.hf_name} is missing")
             role = {"token_embd": "token_embd", "output": "output", "norm": "vector", "bias": "vector"}.get(t.role, "matrix")
             choice = _float_choice(ctx, t.hf_name, names, tensor, role, module, mod_name, attr == "weight")
-        if t.role == "output" and tied and _is_tied_default(ctx, module, names):
-            notes.append("output.weight left out: the LM head is tied to the token embeddings (llama.cpp reuses token_embd)")
+        if t.role == "output" and tied and _head_follows_embedding(ctx, module, names):
+            notes.append(_TIED_NOTE)
             continue
         entries.append(_Entry(t.gguf_name, t.hf_name, choice, t.permute_heads))
     if v["rope"]["rope_type"] == "llama3":
@@ -319,19 +322,34 @@ def _llama_entries(model: Any, ctx: _Context) -> Tuple[List[_Entry], List[str]]:
         entries.append(_Entry("rope_freqs.weight", "(rope_parameters)", WeightChoice(
             "default", "F32", tuple(factors.shape), lambda: Encoded("F32", tuple(factors.shape), factors))))
     _check_llama_coverage(model, used)
-    return entries, notes
+    return entries, notes, tied
 
 
-def _is_tied_default(ctx: _Context, head: Any, names: Sequence[str]) -> bool:
-    """A tied LM head is left out unless something gives it its own stored form (a trained
-    quantizer, a types rule, a plan rule)."""
-    if _is_quant_module(head) and (getattr(head, "weight_quantizer", None) is not None
-                                   or getattr(head, "quantized_weight", None) is not None):
+_TIED_NOTE = "output.weight left out: the LM head is tied to the token embeddings (llama.cpp reuses token_embd)"
+
+
+def _head_follows_embedding(ctx: _Context, head: Any, names: Sequence[str]) -> bool:
+    """Under the default policy a tied LM head is the token embedding (llama.cpp's convention).
+    Anything that gives the head its own stored form (a trained quantizer, a types rule, a plan)
+    keeps it; the export then drops it only if it encodes to token_embd's very bytes."""
+    if ctx.planned or getattr(head, "weight_quantizer", None) is not None \
+            or getattr(head, "quantized_weight", None) is not None:
         return False
-    if type_policy.match_types(ctx.rules, *names) is not None:
+    return type_policy.match_types(ctx.rules, *names) is None
+
+
+def _drop_tied_duplicate(entries: List[_Entry], encoded: List[Encoded]) -> bool:
+    """Removes output.weight when it is token_embd's exact type and bytes; True if removed."""
+    names = [e.name for e in entries]
+    if "output.weight" not in names or "token_embd.weight" not in names:
         return False
-    matched, spec = sources.plan_weight_spec(ctx.plan, "lm_head", head, ctx.first, ctx.last)
-    return not (matched and spec is not None)
+    i, j = names.index("output.weight"), names.index("token_embd.weight")
+    a, b = encoded[i], encoded[j]
+    if a.type != b.type or a.shape != b.shape or not np.array_equal(
+            np.asarray(a.data).view(np.uint8), np.asarray(b.data).view(np.uint8)):
+        return False
+    del entries[i], encoded[i]
+    return True
 
 
 def _check_llama_coverage(model: Any, used: set) -> None:
@@ -484,7 +502,7 @@ def to_gguf(model: Any, path: Union[str, os.PathLike], plan: Any = None, tokeniz
     notes: List[str] = []
     with torch.no_grad():
         if llama:
-            entries, notes = _llama_entries(model, ctx)
+            entries, notes, tied = _llama_entries(model, ctx)
             for key, value, vtype in llama_metadata(model.config, name):
                 writer.add(key, value, vtype)
         else:
@@ -492,6 +510,8 @@ def to_gguf(model: Any, path: Union[str, os.PathLike], plan: Any = None, tokeniz
             writer.add("general.architecture", "qat", "STRING")
             writer.add("general.name", name or type(model).__name__, "STRING")
         encoded = _encode_all(entries, progress)
+        if llama and tied and _drop_tied_duplicate(entries, encoded):
+            notes.append(_TIED_NOTE)
     if any(type_info(e.type).block_size > 1 for e in encoded):
         writer.add("general.quantization_version", 2, "UINT32")
     writer.add("qat.version", _qat_version(), "STRING")

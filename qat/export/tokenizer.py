@@ -45,12 +45,12 @@ _LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
 #: the Llama 3 regex, then ByteLevel without its own regex. smollm and starcoder differ only in
 #: whether decoding cleans up spaces.
 PRE_TOKENIZERS: Dict[str, Tuple[str, bool]] = {
-    "gpt2": ("bytelevel", True),
+    "gpt-2": ("bytelevel", True),
     "smollm": ("digits+bytelevel", False),
     "starcoder": ("digits+bytelevel", True),
     "llama-bpe": ("llama3", True),
 }
-_PRE_ALIASES = {"llama3": "llama-bpe", "llama-v3": "llama-bpe", "refact": "starcoder", "codeshell": "starcoder"}
+_PRE_ALIASES = {"gpt2": "gpt-2", "llama3": "llama-bpe", "llama-v3": "llama-bpe", "refact": "starcoder", "codeshell": "starcoder"}
 
 
 class TokenizerExportError(ValueError):
@@ -82,10 +82,10 @@ def _regex_of(node: Dict[str, Any]) -> Optional[str]:
     return pattern.get("Regex") if isinstance(pattern, dict) else None
 
 
-def detect_pre_tokenizer(tokenizer: Any) -> Optional[str]:
+def detect_pre_tokenizer(tokenizer: Any, _json: Optional[Dict[str, Any]] = None) -> Optional[str]:
     """The llama.cpp ``tokenizer.ggml.pre`` name for a byte-level BPE tokenizer, or None when
     its pre-tokenizer is not one this module recognizes."""
-    j = _backend_json(tokenizer)
+    j = _json if _json is not None else _backend_json(tokenizer)
     parts = _flatten(j.get("pre_tokenizer"))
     kinds = [p.get("type") for p in parts]
     clean = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
@@ -211,7 +211,7 @@ def tokenizer_metadata(tokenizer: Any, n_vocab: Optional[int] = None,
             raise TokenizerExportError("a BPE tokenizer without byte fallback must be byte-level (GPT-2 style) "
                                        "to be written as llama.cpp's 'gpt2' tokenizer")
         if pre is None:
-            pre = detect_pre_tokenizer(tokenizer)
+            pre = detect_pre_tokenizer(tokenizer, j)
             if pre is None:
                 raise TokenizerExportError(
                     "cannot tell which llama.cpp pre-tokenizer matches this tokenizer's pre_tokenizer "
@@ -270,7 +270,7 @@ def tokenizer_from_metadata(metadata: Dict[str, Any]):
         merges.append((m[:pos], m[pos + 1:]))
     vocab = {t: i for i, t in enumerate(tokens) if types[i] != UNUSED}
     tk = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
-    pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+    pre = metadata.get("tokenizer.ggml.pre", "gpt-2")
     tk.pre_tokenizer = _pre_tokenizer(pre)
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
@@ -290,9 +290,10 @@ def tokenizer_from_metadata(metadata: Dict[str, Any]):
         single, pair = f"{single} {eos}", f"{pair} {eos}"
     specials = [(t, tokens.index(t)) for t in {bos, eos} if t is not None and t in single + pair]
     tk.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+    # transformers ignores (and warns about) cleanup=True for BPE, so only False is passed on.
     clean = PRE_TOKENIZERS.get(_PRE_ALIASES.get(pre, pre), (None, True))[1]
     out = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, unk_token=tok("unknown"),
-                                  pad_token=tok("padding"), clean_up_tokenization_spaces=clean)
+                                  pad_token=tok("padding"), **({} if clean else {"clean_up_tokenization_spaces": False}))
     template = metadata.get("tokenizer.chat_template")
     if template:
         out.chat_template = template

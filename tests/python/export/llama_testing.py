@@ -93,7 +93,7 @@ def train_tokenizer(text: str, vocab_size: int, kind: str = "smollm"):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator([text], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", clean_up_tokenization_spaces=kind != "smollm")
+                                   unk_token="<|endoftext|>", clean_up_tokenization_spaces=False)
 
 
 class GGUFWeightStandIn(nn.Module):

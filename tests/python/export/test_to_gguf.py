@@ -239,7 +239,7 @@ def test_smollm2_tokenizer_keys_round_trip(tmp_path):
     assert detect_pre_tokenizer(tok) == "smollm"
 
 
-@pytest.mark.parametrize("kind,pre", [("gpt2", "gpt2"), ("smollm", "smollm"), ("llama3", "llama-bpe")])
+@pytest.mark.parametrize("kind,pre", [("gpt2", "gpt-2"), ("smollm", "smollm"), ("llama3", "llama-bpe")])
 def test_trained_byte_level_tokenizers(kind, pre):
     tok = train_tokenizer(austen_text("northangerabbey")[:100000], 400, kind)
     keys = {k: (v, vt, et) for k, v, vt, et in tokenizer_metadata(tok, 512)}
@@ -273,7 +273,7 @@ def test_unknown_pre_tokenizer_needs_a_name():
                                                                    pre_tokenizers.ByteLevel(add_prefix_space=False)])
     with pytest.raises(TokenizerExportError, match="tokenizer_pre"):
         tokenizer_metadata(tok)
-    assert {k: v for k, v, _, _ in tokenizer_metadata(tok, pre="gpt2")}["tokenizer.ggml.pre"] == "gpt2"
+    assert {k: v for k, v, _, _ in tokenizer_metadata(tok, pre="gpt-2")}["tokenizer.ggml.pre"] == "gpt-2"
 
 
 # ---- generic containers -----------------------------------------------------------------------------
@@ -366,3 +366,136 @@ def test_cli_export(tmp_path, capsys):
     assert types["blk.0.ffn_up.weight"] == "Q8_0" and types["blk.1.ffn_up.weight"] == "Q5_K"
     rc = main(["export", "--model", str(src), "--out", str(out), "--type", "nonsense"])
     assert rc == 1 and "GLOB=TYPE" in capsys.readouterr().err
+
+
+# ---- trained with qat.prepare / qat.convert ------------------------------------------------------------
+
+def _train_a_little(model, vocab, steps=3):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    model.train()
+    for _ in range(steps):
+        ids = torch.randint(vocab, (2, 24))
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_qat_llama_ships_what_it_trained(tmp_path):
+    """prepare with GGUF specs -> train -> to_gguf: every weight is its GGUFWeight's bytes, the file
+    decodes (qat's reader, gguf-py) to exactly the QAT forward's weights, a model loaded from the
+    file computes the QAT model's logits bit for bit, and convert() exports the same bytes."""
+    import qat
+
+    plan = qat.Plan([qat.Rule(pattern="model.embed_tokens", weight=qat.gguf("Q8_0")),
+                     qat.Rule(pattern="lm_head", weight=qat.gguf("Q6_K")),
+                     qat.Rule(pattern="*.mlp.down_proj", weight=qat.gguf("Q5_K")),
+                     qat.Rule(pattern="model.layers.1.self_attn.*", weight=qat.gguf("IQ4_NL")),
+                     qat.Rule(type="Linear", weight=qat.gguf("Q4_K"))])
+    model = _train_a_little(qat.prepare(tiny_llama(hidden=256, heads=4, kv_heads=2, ff=512, vocab=256), plan), 256)
+    path = tmp_path / "qat.gguf"
+    s = qe.to_gguf(model, path, progress=False)
+    assert {t.origin for t in s.tensors if t.type != "F32"} == {"qat"}
+    by = {t.source: t for t in s.tensors}
+    assert by["model.layers.0.mlp.down_proj.weight"].type == "Q5_K" and by["lm_head.weight"].type == "Q6_K"
+    assert by["model.layers.1.self_attn.q_proj.weight"].type == "IQ4_NL"
+    ours, theirs = qg.GGUFReader(path), gguf_py_tensors(path)
+    heads = {"q_proj": 4, "k_proj": 2}
+    for name, m in model.named_modules():
+        if getattr(m, "weight_quantizer", None) is None:
+            continue
+        stored = m.weight_quantizer.quantize_weight(m.weight.detach())
+        t = by[name + ".weight"]
+        data = stored.data.numpy().reshape(m.weight.shape[0], -1)
+        w = m.quant_weight().detach()
+        h = heads.get(name.rsplit(".", 1)[-1], 0)
+        if h:
+            data, w = permute_rows(data, h), permute_rows(w, h)
+        assert ours.tensor_bytes(t.name) == data.tobytes(), name
+        assert torch.equal(ours.tensor(t.name), w), name
+        assert np.array_equal(theirs[t.name][3], w.numpy()), name
+    assert qg.GGUFReader(path).metadata["qat.plan"].count("pattern:") == 2 + 2 * 7
+    back, _ = load_llama_gguf(path)
+    ids = torch.randint(256, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
+    converted = qat.convert(model)
+    qe.to_gguf(converted, tmp_path / "converted.gguf", progress=False)
+    conv = qg.GGUFReader(tmp_path / "converted.gguf")
+    assert [t.name for t in conv.tensors] == [t.name for t in ours.tensors]
+    for t in ours.tensors:
+        assert conv.tensor_bytes(t.name) == ours.tensor_bytes(t.name), t.name
+
+
+def test_qat_tied_head(tmp_path):
+    """Tied embeddings: a head trained with its own quantizer ships as output.weight; a float head
+    next to a trained embedding ships in F32 (what the QAT forward used), not as token_embd."""
+    import qat
+
+    base = tiny_llama(hidden=64, heads=2, kv_heads=2, ff=128, vocab=128, tie=True)
+    plan = qat.Plan([qat.Rule(pattern="model.embed_tokens", weight=qat.gguf("Q8_0")),
+                     qat.Rule(pattern="lm_head", weight=qat.gguf("Q4_0"))])
+    s = qe.to_gguf(qat.prepare(base, plan), tmp_path / "a.gguf", progress=False)
+    by = {t.name: t for t in s.tensors}
+    assert by["token_embd.weight"].type == "Q8_0" and by["output.weight"].type == "Q4_0"
+    plan = qat.Plan([qat.Rule(pattern="model.embed_tokens", weight=qat.gguf("Q8_0"))])
+    prepared = qat.prepare(base, plan)
+    s = qe.to_gguf(prepared, tmp_path / "b.gguf", progress=False)
+    by = {t.name: t for t in s.tensors}
+    assert by["output.weight"].type == "F32" and by["output.weight"].origin == "float"
+    back, _ = load_llama_gguf(tmp_path / "b.gguf")
+    ids = torch.randint(128, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, prepared(ids).logits)
+
+
+def test_plan_types_for_a_float_model(tmp_path):
+    """A plan given to to_gguf picks the types of an unprepared model through the reference
+    quantizer; skip rules and unmatched modules stay F32."""
+    import qat
+
+    model = tiny_llama(hidden=256, heads=4, kv_heads=2, ff=256, vocab=64)
+    plan = qat.Plan([qat.Rule(pattern="model.layers.0.*", skip=True),
+                     qat.Rule(pattern="*.mlp.*", weight=qat.gguf("Q3_K")),
+                     qat.Rule(pattern="lm_head", weight=qat.gguf("Q8_0"))])
+    s = qe.to_gguf(model, tmp_path / "p.gguf", plan=plan, progress=False)
+    by = {t.source: t for t in s.tensors}
+    assert by["model.layers.1.mlp.up_proj.weight"].type == "Q3_K" and by["lm_head.weight"].type == "Q8_0"
+    assert by["model.layers.0.mlp.up_proj.weight"].type == "F32" and by["model.layers.0.mlp.up_proj.weight"].origin == "plan"
+    assert by["model.layers.1.self_attn.q_proj.weight"].type == "F32"
+    assert by["model.layers.1.mlp.up_proj.weight"].origin == "plan"
+    r = qg.GGUFReader(tmp_path / "p.gguf")
+    w = model.state_dict()["model.layers.1.mlp.up_proj.weight"]
+    assert r.tensor_bytes("blk.1.ffn_up.weight") == qg.quantize(w, "Q3_K")
+    assert qat.Plan.from_yaml(r.metadata["qat.plan"]) == plan
+    with pytest.raises(ValueError, match="Q4_K quantizes blocks of 256"):
+        qe.to_gguf(tiny_llama(hidden=64, heads=2, kv_heads=2, ff=64, vocab=32), tmp_path / "x.gguf",
+                   plan=qat.Plan([qat.Rule(type="Linear", weight=qat.gguf("Q4_K"))]), progress=False)
+
+
+def test_generic_container_of_a_qat_model(tmp_path):
+    """A non-llama QAT model: GGUF-spec weights as their GGUF bytes, integer-spec weights as their
+    codes and scales, the plan in qat.plan."""
+    import qat
+
+    net = Net()
+    plan = qat.Plan([qat.Rule(pattern="fc", weight=qat.gguf("Q4_1")),
+                     qat.Rule(pattern="conv", weight=qat.QuantSpec(bits=4, granularity="channel")),
+                     qat.Rule(pattern="embed", weight=qat.gguf("Q8_0"))])
+    prepared = qat.prepare(net, plan)
+    path = tmp_path / "net.gguf"
+    s = qe.to_gguf(prepared, path, progress=False)
+    by = {t.source: t for t in s.tensors}
+    assert by["fc.weight"].type == "Q4_1" and by["embed.weight"].type == "Q8_0"
+    stored = prepared.conv.weight_quantizer.quantize_weight(prepared.conv._rows(prepared.conv.weight.detach()))
+    assert by["conv.quantized_weight.codes"].type == "I8" and by["conv.quantized_weight.scale"].type == "F32"
+    tensors = gguf_py_tensors(path)
+    assert np.array_equal(tensors["conv.quantized_weight.codes"][3], stored.codes.numpy())
+    assert np.array_equal(tensors["conv.quantized_weight.scale"][3].reshape(-1), stored.scale.numpy().reshape(-1))
+    meta = gguf_py_metadata(path)
+    assert qat.Plan.from_yaml(meta["qat.plan"][1]) == qat.Plan([qat.Rule(pattern=n, weight=r.weight)
+                                                               for n, r in (("embed", plan.rules[2]),
+                                                                            ("conv", plan.rules[1]),
+                                                                            ("fc", plan.rules[0]))])
+    fc = prepared.fc.weight_quantizer.quantize_weight(prepared.fc.weight.detach())
+    assert qg.GGUFReader(path).tensor_bytes("fc.weight") == fc.data.numpy().tobytes()
