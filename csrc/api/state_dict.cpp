@@ -102,7 +102,15 @@ StateDict read_state_dict(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   TORCH_CHECK(in, "qat::read_state_dict: cannot open '", path, "'");
   const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const c10::IValue value = torch::pickle_load(bytes);
+  c10::IValue value;
+  try {
+    value = torch::pickle_load(bytes);
+  } catch (const c10::Error& e) {
+    // LibTorch's unpickler cannot rebuild the OrderedDict (with its _metadata) that
+    // nn.Module.state_dict() returns.
+    TORCH_CHECK(false, "qat::read_state_dict: cannot read '", path, "' (", e.what_without_backtrace(),
+                "). Save a Python state dict as a plain dict: torch.save(dict(model.state_dict()), path)");
+  }
   TORCH_CHECK(value.isGenericDict(), "qat::read_state_dict: '", path,
               "' does not hold a dict of tensors");
   StateDict out;

@@ -6,6 +6,9 @@
 //                        --sample test images, and the test accuracy, for the Python check.
 //
 //   fashion_mnist_qat --out runs/fmnist [--epochs 2] [--max-steps N] [--threads N] ...
+//
+// --init starts from a state dict instead (a checkpoint, or a Python model's
+// torch.save(model.state_dict(), path)); with --max-steps 0 the program only evaluates it.
 #include <torch/torch.h>
 
 #include <chrono>
@@ -25,7 +28,8 @@ struct Args {
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   std::string out;
   int64_t epochs = 1;
-  int64_t max_steps = 0;  // 0: no limit
+  int64_t max_steps = -1;  // -1: no limit; 0: evaluate only
+  std::string init;        // a state dict to start from (torch.save'd in Python, or a checkpoint)
   int64_t batch_size = 64;
   std::string optimizer = "adam";
   double lr = 1e-3;
@@ -39,9 +43,10 @@ struct Args {
 };
 
 const char* kUsage =
-    "usage: fashion_mnist_qat --out DIR [--data-dir DIR] [--epochs N] [--max-steps N]\n"
-    "         [--batch-size N] [--optimizer adam|sgd] [--lr X] [--qparam-lr X] [--threads N]\n"
-    "         [--seed N] [--eval-batch-size N] [--sample N] [--log-every N] [--fake-quant 0|1]\n";
+    "usage: fashion_mnist_qat --out DIR [--data-dir DIR] [--init STATE_DICT] [--epochs N]\n"
+    "         [--max-steps N] [--batch-size N] [--optimizer adam|sgd] [--lr X] [--qparam-lr X]\n"
+    "         [--threads N] [--seed N] [--eval-batch-size N] [--sample N] [--log-every N]\n"
+    "         [--fake-quant 0|1]\n";
 
 Args parse(int argc, char** argv) {
   Args a;
@@ -99,6 +104,7 @@ Args parse(int argc, char** argv) {
   take_str("data-dir", a.data_dir);
   take_str("out", a.out);
   take_str("optimizer", a.optimizer);
+  take_str("init", a.init);
   take_int("epochs", a.epochs, 1);
   take_int("max-steps", a.max_steps, 0);
   take_int("batch-size", a.batch_size, 1);
@@ -168,6 +174,10 @@ int run(const Args& a) {
             << " s), " << torch::get_num_threads() << " threads\n";
 
   fmnist::FashionCnn model;
+  if (!a.init.empty()) {
+    qat::load_state_dict(*model, qat::read_state_dict(a.init));
+    std::cout << "initialized from " << a.init << "\n";
+  }
   if (!a.fake_quant) qat::enable_fake_quant(*model, false);
   std::cout << *model << "\n";
   auto optimizer = make_optimizer(*model, a);
@@ -179,9 +189,9 @@ int run(const Args& a) {
   int64_t loss_count = 0, seen = 0, seen_correct = 0;
   const auto t_train = std::chrono::steady_clock::now();
   model->train();
-  for (int64_t epoch = 0; epoch < a.epochs && (a.max_steps == 0 || step < a.max_steps); ++epoch) {
+  for (int64_t epoch = 0; epoch < a.epochs && (a.max_steps < 0 || step < a.max_steps); ++epoch) {
     const at::Tensor order = torch::randperm(n, torch::kInt64);
-    for (int64_t b = 0; b < steps_per_epoch && (a.max_steps == 0 || step < a.max_steps); ++b) {
+    for (int64_t b = 0; b < steps_per_epoch && (a.max_steps < 0 || step < a.max_steps); ++b) {
       const at::Tensor idx = order.slice(0, b * a.batch_size, std::min(n, (b + 1) * a.batch_size));
       const at::Tensor x = train.images.index_select(0, idx);
       const at::Tensor y = train.labels.index_select(0, idx);

@@ -146,11 +146,49 @@ def test_python_recipe_script(cpp_run):
     assert (out / "converted.pt").exists()
 
 
+def test_cpp_loads_a_python_state_dict(cpp_run, tmp_path):
+    # The other direction: Python changes the model and torch.saves its state_dict; the C++
+    # program starts from it (--init, no training) and computes Python's logits exactly.
+    out, _ = cpp_run
+    model = recipe.load_checkpoint(out / "checkpoint.pt")
+    with torch.no_grad():
+        model.fc.weight.mul_(0.5)
+        model.conv1.weight_quantizer.scale.mul_(1.25)
+        model.conv2.input_quantizer.scale.mul_(0.75)
+    # A plain dict: LibTorch's unpickler cannot rebuild state_dict()'s OrderedDict.
+    torch.save(dict(model.state_dict()), tmp_path / "python.pt")
+    cpp_out = tmp_path / "out"
+    proc = subprocess.run([str(example_binary()), "--out", str(cpp_out), "--data-dir", str(DATA_DIR),
+                           "--init", str(tmp_path / "python.pt"), "--max-steps", "0", "--sample", "64",
+                           "--threads", str(torch.get_num_threads())],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = torch.load(cpp_out / "eval.pt", weights_only=True)
+    assert int(saved["steps"]) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(saved["images"]), saved["logits"], rtol=0, atol=0)
+    written = torch.load(cpp_out / "checkpoint.pt", weights_only=True)
+    expected = model.state_dict()
+    assert set(written) == set(expected)
+    for name, tensor in written.items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_cpp_explains_an_ordered_dict(tmp_path):
+    torch.save(recipe.build_qat_model().state_dict(), tmp_path / "ordered.pt")
+    proc = subprocess.run([str(example_binary()), "--out", str(tmp_path), "--data-dir", str(DATA_DIR),
+                           "--init", str(tmp_path / "ordered.pt"), "--max-steps", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "torch.save(dict(model.state_dict()), path)" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
     (["--lr", "fast"], "--lr must be a positive number"),
     (["--optimizer", "lamb"], "--optimizer must be adam or sgd"),
     (["--fake-quant", "2"], "--fake-quant must be 0 or 1"),
+    (["--max-steps", "0", "--init", "/nonexistent.pt"], "cannot open '/nonexistent.pt'"),
     (["--bogus", "1"], "unknown option --bogus"),
     (["--data-dir", "/nonexistent"], "nor /nonexistent/train-images-idx3-ubyte"),
 ])

@@ -25,7 +25,9 @@ void load_state_dict(torch::nn::Module& module, const StateDict& state, bool str
 // torch.load(path, weights_only=True) reads in Python (and read_state_dict here).
 void save_state_dict(const torch::nn::Module& module, const std::string& path);
 void save_state_dict(const StateDict& state, const std::string& path);
-// Reads a dict of tensors written by save_state_dict, torch::pickle_save or torch.save.
+// Reads a dict of tensors written by save_state_dict, torch::pickle_save or torch.save; from
+// Python, save a plain dict (torch.save(dict(model.state_dict()), path)): LibTorch cannot read
+// the OrderedDict that state_dict() returns.
 StateDict read_state_dict(const std::string& path);
 
 }  // namespace qat
