@@ -18,7 +18,7 @@ import struct
 import zlib
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-__all__ = ["RDataError", "RObject", "read_rds_bytes", "read_lazyload"]
+__all__ = ["RDataError", "RObject", "read_rds", "read_rds_bytes", "read_lazyload"]
 
 
 class RDataError(ValueError):
@@ -236,6 +236,21 @@ def read_rds_bytes(data: bytes) -> Any:
     r = _Reader(data)
     r.header()
     return r.item()
+
+
+def read_rds(path: Union[str, os.PathLike]) -> Any:
+    """Reads an ``.rds`` file (``saveRDS``): uncompressed, gzip, bzip2 or xz."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    elif raw[:3] == b"BZh":
+        import bz2
+        raw = bz2.decompress(raw)
+    elif raw[:6] == b"\xfd7zXZ\x00":
+        import lzma
+        raw = lzma.decompress(raw)
+    return read_rds_bytes(raw)
 
 
 def _decompress_rdb_entry(blob: bytes, compressed: int) -> bytes:
