@@ -103,12 +103,15 @@ class ExportSummary:
         for title, key, label in (("by type", lambda t: t.type, "type"),
                                   ("by component", lambda t: component_of(t.name), "component"),
                                   ("by origin", lambda t: t.origin, "origin")):
-            rows = [[k, "/".join(v["types"]), str(v["tensors"]), _count(v["n_elements"]),
+            with_types = label != "type"
+            rows = [[k] + (["/".join(v["types"])] if with_types else []) +
+                    [str(v["tensors"]), _count(v["n_elements"]),
                      f"{8.0 * v['nbytes'] / v['n_elements']:.3f}" if v["n_elements"] else "-", _human(v["nbytes"]),
                      f"{100.0 * v['nbytes'] / self.nbytes:.1f}%" if self.nbytes else "-"]
                     for k, v in self.by(key).items()]
-            lines += ["", title] + ["  " + l for l in _table(
-                rows, [label, "types", "tensors", "weights", "bpw", "size", "share"], {2, 3, 4, 5, 6})]
+            header = [label] + (["types"] if with_types else []) + ["tensors", "weights", "bpw", "size", "share"]
+            right = set(range(len(header) - 5, len(header)))
+            lines += ["", title] + ["  " + line for line in _table(rows, header, right)]
         lines += [""] + [f"note: {n}" for n in self.notes] if self.notes else []
         return "\n".join(lines)
 
@@ -503,7 +506,7 @@ def to_gguf(model: Any, path: Union[str, os.PathLike], plan: Any = None, tokeniz
     with torch.no_grad():
         if llama:
             entries, notes, tied = _llama_entries(model, ctx)
-            for key, value, vtype in llama_metadata(model.config, name):
+            for key, value, vtype in llama_metadata(model.config, name or getattr(model.config, "name_or_path", None)):
                 writer.add(key, value, vtype)
         else:
             entries, records = _generic_entries(model, ctx)
