@@ -191,12 +191,29 @@ def _stored_choice(ctx: _Context, name: str, stored: Any, full: Tuple[int, ...],
 
 
 def _trained_choice(ctx: _Context, name: str, module: Any) -> Optional[WeightChoice]:
-    stored = sources.trained_weight(module)
-    if stored is None:
+    q = getattr(module, "weight_quantizer", None)
+    if getattr(module, "quantized_weight", None) is None and q is None:
         return None
     full = getattr(module, "_weight_shape", None) or module.weight.shape
     full = tuple(int(d) for d in full)
-    return _stored_choice(ctx, name, stored, full, "qat")
+    gguf_type = None
+    if getattr(module, "quantized_weight", None) is None:
+        gguf_type = sources.spec_gguf_type(getattr(q, "spec", None)) or sources.spec_gguf_type(
+            getattr(module, "weight_spec", None))
+    if gguf_type is None:
+        return _stored_choice(ctx, name, sources.trained_weight(module), full, "qat")
+    # A GGUF weight quantizer: its quantize_weight runs later, in a worker thread with the others.
+    shape = tuple(int(d) for d in sources.module_weight_rows(module).shape)
+    if ctx.llama and shape != full:
+        raise ValueError(f"{name}: the quantizer's rows {shape} are not the weight's shape {full}")
+
+    def encode() -> Encoded:
+        enc = sources.gguf_bytes(sources.trained_weight(module))
+        if enc.type != gguf_type or enc.shape != shape:
+            raise ValueError(f"{name}: the quantizer stored {enc.type} {enc.shape}, expected {gguf_type} {shape}")
+        return enc
+
+    return WeightChoice("qat", gguf_type, shape, encode)
 
 
 def _is_quant_module(module: Any) -> bool:
