@@ -191,6 +191,13 @@ void FakeQuantizerImpl::sync_flags() {
   initialized_on_ = initialized.defined() && initialized.item<uint8_t>() != 0;
 }
 
+std::shared_ptr<torch::nn::Module> FakeQuantizerImpl::clone(
+    const std::optional<torch::Device>& device) const {
+  auto copy = torch::nn::Cloneable<FakeQuantizerImpl>::clone(device);
+  static_cast<FakeQuantizerImpl&>(*copy).sync_flags();  // reset() left the copy's flags fresh
+  return copy;
+}
+
 void FakeQuantizerImpl::load(torch::serialize::InputArchive& archive) {
   Module::load(archive);
   sync_flags();

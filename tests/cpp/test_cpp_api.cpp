@@ -425,6 +425,24 @@ TEST_F(CppApi, StateDictRoundTripsIntoAFreshModel) {
   EXPECT_NE(copy->weight.data_ptr(), a->fc->weight.data_ptr());
 }
 
+TEST_F(CppApi, CloneKeepsTheRangeState) {
+  QuantLinear a(QuantLinearOptions(10, 3).input_quantizer(FakeQuantizerOptions::moving_average(0, 255)));
+  a(torch::rand({4, 10}));
+  {
+    torch::NoGradGuard g;
+    a->weight_quantizer->scale.mul_(2);  // as training would move it off its initialization
+  }
+  a->input_quantizer->enable(false);
+  auto b = std::dynamic_pointer_cast<qat::nn::QuantLinearImpl>(a->clone());
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(b->weight_quantizer->is_initialized());
+  EXPECT_FALSE(b->input_quantizer->is_enabled());
+  const at::Tensor x = torch::rand({5, 10}) * 3;
+  expect_equal(b->forward(x), a(x), "clone output");
+  expect_equal(b->weight_quantizer->scale, a->weight_quantizer->scale, "not re-initialized");
+  expect_equal(b->input_quantizer->min_val, a->input_quantizer->min_val, "still frozen");
+}
+
 TEST_F(CppApi, ReadStateDictReadsTorchPickleSave) {
   qat::StateDict state;
   state.insert("a", torch::randn({3, 2}));

@@ -93,6 +93,9 @@ class FakeQuantizerImpl : public torch::nn::Cloneable<FakeQuantizerImpl> {
   // writing those buffers any other way.
   void sync_flags();
 
+  // Cloneable's copy, with the host-side flags of the copied buffers.
+  std::shared_ptr<torch::nn::Module> clone(
+      const std::optional<torch::Device>& device = std::nullopt) const override;
   void load(torch::serialize::InputArchive& archive) override;
   void pretty_print(std::ostream& stream) const override;
 
