@@ -91,6 +91,29 @@ TEST(LutNearest, MatchesBruteForce) {
   }
 }
 
+TEST(LutNearest, BlockKernelMatchesBruteForce) {
+  // The kernels' vectorized path (counting up to 32 entries, binary search above, a scalar
+  // fallback for long runs of equal distances and infinities) on the same probe points.
+  std::mt19937 rng(6);
+  for (int n : {1, 2, 3, 17, 32, 33, 64, 256}) {
+    for (int trial = 0; trial < 3; ++trial) {
+      std::vector<float> lut = random_lut(rng, n);
+      if (trial == 1 && n > 4) lut[3] = kNaN;
+      if (trial == 2) {
+        for (int j = 0; j < n; ++j) lut[j] = 1e-8f * float(j % 7);  // spacing far below ulp(1)
+      }
+      std::vector<float> xs = probe_points(rng, lut, 300);
+      for (float v : {1.0f, -1.0f, 1e9f, 0.5f}) xs.push_back(v);
+      std::vector<uint8_t> idx(xs.size());
+      for (size_t b = 0; b < xs.size(); b += 100)  // runs not aligned to the 64-element blocks
+        k::cpu::lut_indices(k::DType::f32, xs.data(), idx.data(), int64_t(b),
+                            int64_t(std::min(xs.size(), b + 100)), int64_t(xs.size()), lut.data(), n);
+      for (size_t i = 0; i < xs.size(); ++i)
+        ASSERT_EQ(idx[i], ref_nearest(lut.data(), n, xs[i])) << "n=" << n << " trial=" << trial << " x=" << xs[i];
+    }
+  }
+}
+
 TEST(LutNearest, FloatRoundingTies) {
   // |1 - c| rounds to 1 for every c here: all tie, the lowest index wins whatever its value.
   const float lut[4] = {1e-8f, 0.0f, 3e-8f, 2e-8f};

@@ -33,46 +33,81 @@ void lut_table(const float* lut, int k, LutTable* table) {
 namespace {
 
 constexpr int kBlock = 64;
+constexpr int kCountMax = 32;  // tables up to this size: rank by counting, else binary search
 
-// Calls fn(i, x_i as float, nearest index of x_i) for i in [0, count). Elements go through the
-// search a block at a time, step by step: the searches are independent, so their loads overlap
-// instead of waiting on each other.
+// The nearest index (lut_nearest) of xs[0..nb) into out, nb <= kBlock, size >= 1. Written as
+// loops over the block's elements so that they vectorize (compares, gathers): the rank by counting
+// or by binary searches run side by side, then lut_pick's choice between the two neighbours. Where
+// the run of equal distances may reach past them (or x is +-inf), a flag sends the element through
+// lut_nearest itself. (The exact spelling matters: GCC 12 vectorizes this form, not the ternaries
+// of lut_pick.)
+QAT_CPU_CLONES
+void nearest_block(const float* __restrict value, const int32_t* __restrict index,
+                   const uint8_t* index8, int size, const float* __restrict xs, int nb,
+                   int32_t* __restrict out) {
+  int32_t pos[kBlock];
+  for (int i = 0; i < nb; ++i) pos[i] = 0;
+  if (size <= kCountMax) {
+    for (int j = 0; j < size; ++j) {
+      const float v = value[j];
+      for (int i = 0; i < nb; ++i) pos[i] += v <= xs[i] ? 1 : 0;
+    }
+  } else {
+    for (int len = size; len > 1;) {
+      const int half = len >> 1;
+      for (int i = 0; i < nb; ++i) pos[i] += value[pos[i] + half] <= xs[i] ? half : 0;
+      len -= half;
+    }
+    for (int i = 0; i < nb; ++i) pos[i] += value[pos[i]] <= xs[i] ? 1 : 0;
+  }
+  int32_t slow[kBlock];
+  for (int i = 0; i < nb; ++i) {
+    const float x = xs[i];
+    const int32_t p = pos[i];
+    const int32_t lo = std::max(p - 1, 0), hi = std::min(p, size - 1);
+    const int32_t lo2 = std::max(p - 2, 0), hi2 = std::min(p + 1, size - 1);
+    const float dl = fabsf(x - value[lo]), dr = fabsf(x - value[hi]);
+    const float el = fabsf(x - value[lo2]), er = fabsf(x - value[hi2]);
+    const int32_t il = index[lo], ir = index[hi];
+    const int32_t best = dl < dr ? il : std::min(il, ir);
+    out[i] = x != x ? 0 : (dr < dl ? ir : best);
+    // The run reaches past lo when lo is (one of) the nearest and lo2 is as near; el >= dl always.
+    slow[i] = ((el == dl) & (dl <= dr) & (lo2 < lo)) | ((er == dr) & (dr <= dl) & (hi2 > hi));
+  }
+  for (int i = 0; i < nb; ++i)
+    if (slow[i]) out[i] = lut_nearest(value, index8, size, xs[i]);
+}
+
+// Calls fn(i, x_i as float, nearest index of x_i) for i in [0, count), a block at a time.
 template <class T, class Fn>
-QAT_INLINE void for_each_nearest(const LutTable& t, const typename T::Storage* x, int64_t count,
-                                 Fn&& fn) {
+QAT_INLINE void for_each_nearest(const LutTable& t, const int32_t* index32,
+                                 const typename T::Storage* x, int64_t count, Fn&& fn) {
   float xs[kBlock];
-  int pos[kBlock];
+  int32_t near[kBlock];
   for (int64_t b = 0; b < count; b += kBlock) {
     const int nb = static_cast<int>(std::min<int64_t>(kBlock, count - b));
     for (int i = 0; i < nb; ++i) xs[i] = T::load(x[b + i]);
     if (t.size == 0) {  // every centroid is NaN
-      for (int i = 0; i < nb; ++i) fn(b + i, xs[i], 0);
-      continue;
+      for (int i = 0; i < nb; ++i) near[i] = 0;
+    } else {
+      nearest_block(t.value, index32, t.index, t.size, xs, nb, near);
     }
-    for (int i = 0; i < nb; ++i) pos[i] = 0;
-    for (int len = t.size; len > 1;) {
-      const int half = len >> 1;
-      for (int i = 0; i < nb; ++i) pos[i] += t.value[pos[i] + half] <= xs[i] ? half : 0;
-      len -= half;
-    }
-    for (int i = 0; i < nb; ++i) {
-      const float v = xs[i];
-      const int p = pos[i] + (t.value[pos[i]] <= v ? 1 : 0);
-      pos[i] = v != v ? 0 : lut_pick(t.value, t.index, t.size, v, p);
-    }
-    for (int i = 0; i < nb; ++i) fn(b + i, xs[i], pos[i]);
+    for (int i = 0; i < nb; ++i) fn(b + i, xs[i], near[i]);
   }
 }
 
-// Calls fn(table, group_lut, group, first, last) for each run of [begin, end) inside one group.
+// Calls fn(table, int32 indices, group_lut, group, first, last) for each run of [begin, end) inside one group.
+// The table's indices also come widened to int32 (gathers have no byte form).
 template <class Fn>
 void for_each_group(int64_t begin, int64_t end, int64_t n, const float* lut, int k, Fn&& fn) {
   LutTable table;
+  int32_t index32[kMaxCentroids];
   for (int64_t i = begin; i < end;) {
     const int64_t g = i / n;
     const int64_t stop = std::min((g + 1) * n, end);
     lut_table(lut + g * k, k, &table);
-    fn(table, lut + g * k, g, i, stop);
+    for (int j = 0; j < table.size; ++j) index32[j] = table.index[j];
+    fn(table, index32, lut + g * k, g, i, stop);
     i = stop;
   }
 }
@@ -82,9 +117,9 @@ void fake_quant_as(const void* xv, void* yv, int64_t begin, int64_t end, int64_t
                    const float* lut, int k) {
   auto x = static_cast<const typename T::Storage*>(xv);
   auto y = static_cast<typename T::Storage*>(yv);
-  for_each_group(begin, end, n, lut, k, [&](const LutTable& t, const float* c, int64_t, int64_t a, int64_t b) {
+  for_each_group(begin, end, n, lut, k, [&](const LutTable& t, const int32_t* i32, const float* c, int64_t, int64_t a, int64_t b) {
     auto ya = y + a;
-    for_each_nearest<T>(t, x + a, b - a, [&](int64_t i, float v, int j) QAT_INLINE_LAMBDA {
+    for_each_nearest<T>(t, i32, x + a, b - a, [&](int64_t i, float v, int j) QAT_INLINE_LAMBDA {
       ya[i] = T::store(v != v ? v : c[j]);
     });
   });
@@ -94,9 +129,9 @@ template <class T>
 void indices_as(const void* xv, uint8_t* out, int64_t begin, int64_t end, int64_t n,
                 const float* lut, int k) {
   auto x = static_cast<const typename T::Storage*>(xv);
-  for_each_group(begin, end, n, lut, k, [&](const LutTable& t, const float*, int64_t, int64_t a, int64_t b) {
+  for_each_group(begin, end, n, lut, k, [&](const LutTable& t, const int32_t* i32, const float*, int64_t, int64_t a, int64_t b) {
     uint8_t* oa = out + a;
-    for_each_nearest<T>(t, x + a, b - a, [&](int64_t i, float, int j) QAT_INLINE_LAMBDA {
+    for_each_nearest<T>(t, i32, x + a, b - a, [&](int64_t i, float, int j) QAT_INLINE_LAMBDA {
       oa[i] = static_cast<uint8_t>(j);
     });
   });
@@ -107,10 +142,10 @@ void grad_as(const void* xv, const void* dyv, int64_t begin, int64_t end, int64_
              const float* lut, int k, double* acc) {
   auto x = static_cast<const typename T::Storage*>(xv);
   auto dy = static_cast<const typename T::Storage*>(dyv);
-  for_each_group(begin, end, n, lut, k, [&](const LutTable& t, const float*, int64_t g, int64_t a, int64_t b) {
+  for_each_group(begin, end, n, lut, k, [&](const LutTable& t, const int32_t* i32, const float*, int64_t g, int64_t a, int64_t b) {
     double* row = acc + g * k;
     auto da = dy + a;
-    for_each_nearest<T>(t, x + a, b - a, [&](int64_t i, float v, int j) QAT_INLINE_LAMBDA {
+    for_each_nearest<T>(t, i32, x + a, b - a, [&](int64_t i, float v, int j) QAT_INLINE_LAMBDA {
       if (v == v) row[j] += double(T::load(da[i]));
     });
   });
