@@ -513,8 +513,11 @@ def to_gguf(model: Any, path: Union[str, os.PathLike], plan: Any = None, tokeniz
     if default_type is not None and default_type != "mixed":
         default_type = type_info(default_type).name
     path = os.fspath(path)
-    planned = plan is not None or any(_is_quant_module(m) for m in model.modules())
     llama = is_llama(model)
+    if tokenizer is not None and not llama:
+        raise ValueError(f"a tokenizer is written only for llama models (Hugging Face LlamaForCausalLM); "
+                         f"{type(model).__name__} becomes a generic container")
+    planned = plan is not None or any(_is_quant_module(m) for m in model.modules())
     ctx = _Context(plan, planned, type_policy.normalize_types(types), default_type, llama)
     ctx.first, ctx.last = _first_last(model)
 

@@ -3,7 +3,6 @@ tokenizer keys, generic containers, errors, CLI. Files are read back with qat's 
 gguf-py (an independent reader and dequantizer)."""
 
 import json
-import math
 
 import gguf
 import numpy as np
@@ -346,6 +345,8 @@ def test_errors(tmp_path):
         qe.to_gguf(model, tmp_path / "x.gguf", plan={"rules": []})
     with pytest.raises(TokenizerExportError, match="fast"):
         qe.to_gguf(model, tmp_path / "x.gguf", tokenizer=object(), progress=False)
+    with pytest.raises(ValueError, match="only for llama"):
+        qe.to_gguf(Net(), tmp_path / "x.gguf", tokenizer=object(), progress=False)
     model.model.extra = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="no place for: model.extra.weight"):
         qe.to_gguf(model, tmp_path / "x.gguf", progress=False)
@@ -370,11 +371,11 @@ def test_cli_export(tmp_path, capsys):
 
 # ---- trained with qat.prepare / qat.convert ------------------------------------------------------------
 
-def _train_a_little(model, vocab, steps=3):
+def _train_a_little(model, vocab, steps=2):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     model.train()
     for _ in range(steps):
-        ids = torch.randint(vocab, (2, 24))
+        ids = torch.randint(vocab, (2, 16))
         model(ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad()
