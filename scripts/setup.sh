@@ -8,14 +8,15 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
-# dataset-fashion-mnist: the C++ QAT example's data (idx files under /usr/share/datasets).
-for pkg in cmake g++ libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist; do
+# Data: dataset-fashion-mnist (the C++ QAT example's idx files under /usr/share/datasets) and
+# r-cran-janeaustenr (six novels, held-out text for perplexity; its R is the data tests' reference).
+for pkg in cmake g++ libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist r-cran-janeaustenr; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}
