@@ -19,6 +19,16 @@
 #include "fake_quant.h"
 #include "quant_math.h"
 
+// The element functions are inlined into the CPU loops whatever their size: an out-of-line call
+// stops GCC from vectorizing the loop (and would run the baseline ISA inside target clones).
+#if defined(__CUDACC__)
+#define QAT_GGUF_INLINE QAT_HD
+#elif defined(__GNUC__)
+#define QAT_GGUF_INLINE inline __attribute__((always_inline))
+#else
+#define QAT_GGUF_INLINE inline
+#endif
+
 namespace qat::kernels {
 
 // ggml_type ids.
@@ -64,22 +74,18 @@ QAT_HD constexpr GGUFLattice gguf_lattice(GGUFType t) {
   return {GGUFKind::kSymmetric, 0, 0, 0, 0, 0, 0, 0, false, false, false};
 }
 
-QAT_HD constexpr bool gguf_type_valid(int id) {
-  return id == 2 || id == 3 || id == 6 || id == 7 || id == 8 || (id >= 10 && id <= 14) || id == 20;
-}
-
 // ---- stored parameters -----------------------------------------------------------------------
 
 // A learned fp16 field as stored: NaN -> 0, clamped to the finite fp16 range (so a scale never
 // becomes inf), rounded to nearest even.
-QAT_HD float gguf_stored_half(float v) {
+QAT_GGUF_INLINE float gguf_stored_half(float v) {
   v = v != v ? 0.0f : v;
   v = v > 65504.0f ? 65504.0f : (v < -65504.0f ? -65504.0f : v);
   return half_bits_to_float(float_to_half_bits(v));
 }
 
 // A learned integer field as stored: rounded half to even, clamped to [lo, hi]; NaN -> 0.
-QAT_HD int gguf_stored_int(float v, int lo, int hi) {
+QAT_GGUF_INLINE int gguf_stored_int(float v, int lo, int hi) {
   float r = v != v ? 0.0f : round_half_even(v);
   r = r < float(lo) ? float(lo) : (r > float(hi) ? float(hi) : r);
   return int(r + 0.0f);  // + 0: see gguf_forward_element (a -0 must not survive float(int(r)))
@@ -87,22 +93,54 @@ QAT_HD int gguf_stored_int(float v, int lo, int hi) {
 
 // ggml's kvalues_iq4nl, packed four int8 to a little-endian word so that a device lookup is a
 // few register selects rather than a local-memory array.
-QAT_HD float iq4nl_value(int i) {
+QAT_GGUF_INLINE float iq4nl_value(int i) {
   const uint32_t word = i < 8 ? (i < 4 ? 0xBFAD9881u : 0xF6EADDCFu) : (i < 12 ? 0x26190D01u : 0x71594535u);
   return float(int8_t(uint8_t(word >> (8 * (i & 3)))));
 }
 
-// best_index_int8 over kvalues_iq4nl: the bracketing pair by counting entries <= v, then the
-// same comparison (an exact midpoint goes up). v is not NaN.
-QAT_HD int iq4nl_best_index(float v) {
-  if (v <= -127.0f) return 0;
-  if (v >= 113.0f) return 15;
+// best_index_int8 over kvalues_iq4nl: the bracketing pair (lo, lo + 1) by counting the entries
+// 1..14 that are <= v, then ggml's comparison `v - lo < hi - v` (an exact midpoint goes up; below
+// -127 or above 113 it picks the end, as ggml's early returns do). Branch-free so loops over it
+// vectorize. v is not NaN. *value gets the entry.
+QAT_GGUF_INLINE int iq4nl_nearest(float v, float* value) {
   int lo = 0;
+  float vlo = -127.0f, vhi = -104.0f;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
+#elif defined(__GNUC__) && !defined(__CUDACC__)
+#pragma GCC unroll 16
 #endif
-  for (int k = 1; k < 15; ++k) lo += iq4nl_value(k) <= v ? 1 : 0;
-  return v - iq4nl_value(lo) < iq4nl_value(lo + 1) - v ? lo : lo + 1;
+  for (int k = 1; k < 15; ++k) {
+    const bool le = iq4nl_value(k) <= v;
+    lo += le ? 1 : 0;
+    vlo = le ? iq4nl_value(k) : vlo;
+    vhi = le ? iq4nl_value(k + 1) : vhi;
+  }
+  const bool up = !(v - vlo < vhi - v);
+  *value = up ? vhi : vlo;
+  return up ? lo + 1 : lo;
+}
+
+// The entry alone (floats only: mixing it with the index's integer masks defeats GCC's
+// vectorizer in the backward).
+QAT_GGUF_INLINE float iq4nl_nearest_value(float v) {
+  float vlo = -127.0f, vhi = -104.0f;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#elif defined(__GNUC__) && !defined(__CUDACC__)
+#pragma GCC unroll 16
+#endif
+  for (int k = 1; k < 15; ++k) {
+    const bool le = iq4nl_value(k) <= v;
+    vlo = le ? iq4nl_value(k) : vlo;
+    vhi = le ? iq4nl_value(k + 1) : vhi;
+  }
+  return v - vlo < vhi - v ? vlo : vhi;
+}
+
+QAT_GGUF_INLINE int iq4nl_best_index(float v) {
+  float value;
+  return iq4nl_nearest(v, &value);
 }
 
 // What one sub-block applies: s the effective scale (d, or d * sc), inv = 1 / s (legacy types
@@ -111,7 +149,7 @@ struct GGUFSub {
   float s, inv, b;
 };
 
-QAT_HD GGUFSub gguf_sub(GGUFKind kind, float d, float dmin, int sc, int m) {
+QAT_GGUF_INLINE GGUFSub gguf_sub(GGUFKind kind, float d, float dmin, int sc, int m) {
   GGUFSub p{d, 0.0f, 0.0f};
   if (kind == GGUFKind::kMinK || kind == GGUFKind::kSignedK) p.s = d * float(sc);
   if (kind == GGUFKind::kAffine) p.b = dmin;
@@ -124,42 +162,41 @@ QAT_HD GGUFSub gguf_sub(GGUFKind kind, float d, float dmin, int sc, int m) {
 
 // t: the scaled input the format rounds (x / d, (x - m) / d, (x + dmin*m) / (d*sc), ...).
 // A zero scale maps every x to t = 0 (ggml: id = 0, or the dj == 0 skip): the forward's codes.
-QAT_HD float gguf_scaled(GGUFKind kind, float x, GGUFSub p) {
-  if (p.s == 0.0f) return 0.0f;
+// Branch-free (the unused quotient of a zero scale is computed and dropped) so loops vectorize.
+QAT_GGUF_INLINE float gguf_scaled(GGUFKind kind, float x, GGUFSub p) {
+  float t;
   switch (kind) {
-    case GGUFKind::kAffine: return (x - p.b) * p.inv;
-    case GGUFKind::kMinK: return (x + p.b) / p.s;
-    case GGUFKind::kSignedK: return x / p.s;
-    default: return x * p.inv;
+    case GGUFKind::kAffine: t = (x - p.b) * p.inv; break;
+    case GGUFKind::kMinK: t = (x + p.b) / p.s; break;
+    case GGUFKind::kSignedK: t = x / p.s; break;
+    default: t = x * p.inv; break;
   }
+  return p.s != 0.0f ? t : 0.0f;
 }
 
 // The code before clamping, as a float: each type's own rounding of t.
 //   Q8_0 roundf (half away from zero); Q4_0/Q5_0/Q4_1/Q5_1 truncation of t + offset + 0.5
 //   (half up); K-quants nearest_int (half to even) + offset; IQ4_NL best_index (exact).
-QAT_HD float gguf_raw_code(GGUFType type, GGUFKind kind, int offset, float t) {
+QAT_GGUF_INLINE float gguf_raw_code(GGUFType type, GGUFKind kind, int offset, float t) {
   switch (kind) {
     case GGUFKind::kSymmetric:
       return type == GGUFType::Q8_0 ? roundf(t) : truncf(t + (float(offset) + 0.5f));
     case GGUFKind::kAffine: return truncf(t + 0.5f);
-    case GGUFKind::kCodebook: return t != t ? 8.0f : float(iq4nl_best_index(t));
+    case GGUFKind::kCodebook: return float(iq4nl_best_index(t));
     default: return round_half_even(t) + float(offset);
   }
 }
 
-// The value the code decodes to, in units of the scale.
-QAT_HD float gguf_code_value(GGUFKind kind, int offset, int u) {
-  return kind == GGUFKind::kCodebook ? iq4nl_value(u) : float(u - offset);
-}
-
-// ggml's dequantize_row_<type> of one element, in its fp32 order.
-QAT_HD float gguf_dequant(GGUFKind kind, int offset, int u, GGUFSub p) {
+// ggml's dequantize_row_<type> of one element, in its fp32 order. r is the stored code as a
+// float (an exact integer, never -0): ggml converts the integer code to float, which gives the
+// same value; working on r avoids float(int(r)), which GCC folds into truncf and then fails to
+// vectorize (and which would keep a -0).
+QAT_GGUF_INLINE float gguf_dequant(GGUFKind kind, int offset, float r, GGUFSub p) {
   switch (kind) {
-    case GGUFKind::kSymmetric: return float(u - offset) * p.s;
-    case GGUFKind::kAffine: return float(u) * p.s + p.b;
-    case GGUFKind::kCodebook: return p.s * iq4nl_value(u);
-    case GGUFKind::kMinK: return p.s * float(u) - p.b;
-    default: return p.s * float(u - offset);
+    case GGUFKind::kSymmetric: return (r - float(offset)) * p.s;
+    case GGUFKind::kAffine: return r * p.s + p.b;
+    case GGUFKind::kMinK: return p.s * r - p.b;
+    default: return p.s * (r - float(offset));  // kSignedK (kCodebook decodes in iq4nl_nearest)
   }
 }
 
@@ -170,19 +207,24 @@ struct GGUFCode {
 
 // Forward of one element. NaN x: the code of 0, y = NaN.
 template <GGUFType T>
-QAT_HD GGUFCode gguf_forward_element(float x, GGUFSub p) {
+QAT_GGUF_INLINE GGUFCode gguf_forward_element(float x, GGUFSub p) {
   constexpr GGUFLattice L = gguf_lattice(T);
   const bool is_nan = x != x;
   const float t = gguf_scaled(L.kind, is_nan ? 0.0f : x, p);
+  if (L.kind == GGUFKind::kCodebook) {  // the search gives the code in range and its value
+    float v;
+    GGUFCode c;
+    c.u = iq4nl_nearest(t, &v);
+    c.y = is_nan ? x : p.s * v;  // = gguf_dequant
+    return c;
+  }
   const float lo = T == GGUFType::Q8_0 ? -127.0f : 0.0f;
   float r = gguf_raw_code(T, L.kind, L.offset, t);
   r = r < lo ? lo : (r > float(L.code_hi) ? float(L.code_hi) : r);
-  // + 0: a -0 from roundf / truncf becomes +0. GCC folds float(int(r)) into truncf(r) under
-  // -fno-trapping-math, which would keep the sign and decode code 0 as -0.
-  r += 0.0f;
+  r += 0.0f;  // a -0 from roundf / truncf becomes +0, as the integer code is
   GGUFCode c;
   c.u = int(r);
-  c.y = is_nan ? x : gguf_dequant(L.kind, L.offset, c.u, p);
+  c.y = is_nan ? x : gguf_dequant(L.kind, L.offset, r, p);
   return c;
 }
 
@@ -190,35 +232,44 @@ QAT_HD GGUFCode gguf_forward_element(float x, GGUFSub p) {
 //   inside the clamp range: dy/dx = 1, dy/ds = value(u) - t, dy/db = 0;
 //   saturated:              dy/dx = 0, dy/ds = value(u),     dy/db = +1 (Q4_1/Q5_1) or -1 (K).
 // A zero scale is taken as the limit of a tiny positive one (t = +-2^24 by the sign of x's
-// offset distance), so a sub-block scale that reached 0 still gets a gradient. NaN x: all 0.
+// offset distance), so a sub-block scale that reached 0 still gets a gradient. A NaN x counts
+// as x = 0 with g = 0, so it adds nothing.
 struct GGUFGrad {
   float dx, ds, db;
 };
 
 template <GGUFType T>
-QAT_HD GGUFGrad gguf_backward_element(float x, float g, GGUFSub p) {
+QAT_GGUF_INLINE GGUFGrad gguf_backward_element(float x, float g, GGUFSub p) {
   constexpr GGUFLattice L = gguf_lattice(T);
   constexpr float kBig = 16777216.0f;
-  GGUFGrad out{0.0f, 0.0f, 0.0f};
-  if (x != x) return out;
-  float t;
-  if (p.s != 0.0f) {
-    t = gguf_scaled(L.kind, x, p);
+  // Branch-free, and every mask a single float comparison: GCC's vectorizer gives up on
+  // selects between combined boolean masks.
+  const bool is_nan = x != x;
+  const float x0 = is_nan ? 0.0f : x;
+  const float g0 = is_nan ? 0.0f : g;
+  const float e = L.kind == GGUFKind::kAffine ? x0 - p.b : (L.kind == GGUFKind::kMinK ? x0 + p.b : x0);
+  const float limit = e > 0.0f ? kBig : (e < 0.0f ? -kBig : 0.0f);
+  const float t = p.s != 0.0f ? gguf_scaled(L.kind, x0, p) : limit;
+  float raw, lo, hi, v;
+  if (L.kind == GGUFKind::kCodebook) {
+    raw = t;  // inside the codebook's span [-127, 113]
+    lo = -127.0f;
+    hi = 113.0f;
+    v = iq4nl_nearest_value(t);
   } else {
-    const float e = L.kind == GGUFKind::kAffine ? x - p.b : (L.kind == GGUFKind::kMinK ? x + p.b : x);
-    t = e > 0.0f ? kBig : (e < 0.0f ? -kBig : 0.0f);
+    raw = gguf_raw_code(T, L.kind, L.offset, t);
+    lo = T == GGUFType::Q8_0 ? -127.0f : 0.0f;
+    hi = float(L.code_hi);
   }
-  const float lo = T == GGUFType::Q8_0 ? -127.0f : 0.0f;
-  const float hi = float(L.code_hi);
-  const float raw = gguf_raw_code(T, L.kind, L.offset, t);
-  const bool inside = L.kind == GGUFKind::kCodebook ? (t >= -127.0f) & (t <= 113.0f)
-                                                    : (raw >= lo) & (raw <= hi);
-  const int u = int((raw < lo ? lo : (raw > hi ? hi : raw)) + 0.0f);
-  const float v = gguf_code_value(L.kind, L.offset, u);
-  out.dx = inside ? g : 0.0f;
-  out.ds = g * (inside ? v - t : v);
-  if (L.kind == GGUFKind::kAffine) out.db = inside ? 0.0f : g;
-  if (L.kind == GGUFKind::kMinK) out.db = inside ? 0.0f : -g;
+  const float clamped = raw < lo ? lo : (raw > hi ? hi : raw);
+  const bool inside = clamped == raw;
+  if (L.kind != GGUFKind::kCodebook) v = (clamped + 0.0f) - float(L.offset);  // exact: small integers
+  GGUFGrad out;
+  out.dx = inside ? g0 : 0.0f;
+  out.ds = g0 * (inside ? v - t : v);
+  out.db = 0.0f;
+  if (L.kind == GGUFKind::kAffine) out.db = inside ? 0.0f : g0;
+  if (L.kind == GGUFKind::kMinK) out.db = inside ? 0.0f : -g0;
   return out;
 }
 

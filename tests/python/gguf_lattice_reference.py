@@ -191,7 +191,8 @@ class Grads(NamedTuple):
 def backward(grad: Tensor, w: Tensor, d, dmin, sc, mn, t: str) -> Grads:
     """LSQ with straight-through rounding: inside the range dy/dx = 1, dy/ds = value - t,
     dy/db = 0; saturated dy/dx = 0, dy/ds = value, dy/db = +1 (Q4_1/Q5_1) / -1 (K). A zero
-    scale is the limit of a tiny positive one: t = +-2^24 by the sign of x's offset distance."""
+    scale is the limit of a tiny positive one: t = +-2^24 by the sign of x's offset distance.
+    A NaN x counts as x = 0 with g = 0."""
     L = LATTICES[t]
     x = _blocks(t, w)
     g = _blocks(t, grad.to(w.dtype))
@@ -211,10 +212,11 @@ def backward(grad: Tensor, w: Tensor, d, dmin, sc, mn, t: str) -> Grads:
     u = raw.clamp(L.code_lo, L.code_hi)
     val = value(t, u)
     zero = torch.zeros_like(x)
-    dw = torch.where(inside & ~nan, g, zero)
-    cs = torch.where(nan, zero, g * torch.where(inside, val - v, val))
+    g0 = torch.where(nan, zero, g)
+    dw = torch.where(inside, g0, zero)
+    cs = g0 * torch.where(inside, val - v, val)
     sign = 1.0 if L.kind == "affine" else -1.0
-    cb = torch.where(nan | inside, zero, g * sign) if L.kind in ("affine", "mink") else zero
+    cb = torch.where(inside, zero, g0 * sign) if L.kind in ("affine", "mink") else zero
     S, B = tree(cs), tree(cb)  # [..., blocks, n_sub]
     dw = dw.reshape(w.shape).to(w.dtype)
     if L.kind in ("sym", "codebook"):

@@ -47,18 +47,20 @@ QAT_INLINE void forward_blocks(const void* wv, void* yv, int8_t* codes, int64_t 
   auto w = static_cast<const typename S::Storage*>(wv);
   auto y = static_cast<typename S::Storage*>(yv);
   BlockParams bp;
-  float ys[kMaxBlock];
+  // Local copies in and out: with nothing that may alias, GCC vectorizes the element loop
+  // without a runtime overlap check (which it otherwise fails at run time).
+  float xs[kMaxBlock], ys[kMaxBlock];
   int us[kMaxBlock];
   for (int64_t b = b0; b < b1; ++b) {
     load_block<T>(b, p, bp);
     const int64_t base = b * L.block;
+    for (int e = 0; e < L.block; ++e) xs[e] = S::load(w[base + e]);
     for (int j = 0; j < n_sub; ++j) {
       const GGUFSub sp = bp.sub[j];
       for (int i = 0; i < L.sub; ++i) {
-        const int e = j * L.sub + i;
-        const GGUFCode c = gguf_forward_element<T>(S::load(w[base + e]), sp);
-        ys[e] = c.y;
-        us[e] = c.u;
+        const GGUFCode c = gguf_forward_element<T>(xs[j * L.sub + i], sp);
+        ys[j * L.sub + i] = c.y;
+        us[j * L.sub + i] = c.u;
       }
     }
     if (y != nullptr)
@@ -78,20 +80,26 @@ QAT_INLINE void backward_blocks(const void* wv, const void* dyv, void* dwv, int6
   auto dy = static_cast<const typename S::Storage*>(dyv);
   auto dw = static_cast<typename S::Storage*>(dwv);
   BlockParams bp;
-  float cs[kMaxBlock], cb[kMaxBlock], sums_s[kMaxSub], sums_b[kMaxSub];
+  float xs[kMaxBlock], gs[kMaxBlock], dxs[kMaxBlock], cs[kMaxBlock], cb[kMaxBlock];
+  float sums_s[kMaxSub], sums_b[kMaxSub];
   for (int64_t b = b0; b < b1; ++b) {
     load_block<T>(b, p, bp);
     const int64_t base = b * L.block;
+    for (int e = 0; e < L.block; ++e) {
+      xs[e] = S::load(w[base + e]);
+      gs[e] = S::load(dy[base + e]);
+    }
     for (int j = 0; j < n_sub; ++j) {
       const GGUFSub sp = bp.sub[j];
       for (int i = 0; i < L.sub; ++i) {
         const int e = j * L.sub + i;
-        const GGUFGrad gr = gguf_backward_element<T>(S::load(w[base + e]), S::load(dy[base + e]), sp);
-        dw[base + e] = S::store(gr.dx);
+        const GGUFGrad gr = gguf_backward_element<T>(xs[e], gs[e], sp);
+        dxs[e] = gr.dx;
         cs[e] = gr.ds;
         cb[e] = gr.db;
       }
     }
+    for (int e = 0; e < L.block; ++e) dw[base + e] = S::store(dxs[e]);
     if (g.d == nullptr) continue;
     for (int j = 0; j < n_sub; ++j) {
       sums_s[j] = tree_sum<L.sub>(cs + j * L.sub);
