@@ -56,6 +56,9 @@ def worker(rank, world, init_file, out_dir):
             observe(observers, rank_batch(step, rank, world))
         torch.save(qparams(observers), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        # Both ranks finish before either tears down: a rank that destroys its group while
+        # the other still talks to it can abort (std::terminate in a gloo thread).
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -84,6 +84,9 @@ def worker(rank, init_file, out_dir):
                 with open(os.path.join(out_dir, f"{mode}_error{rank}.txt"), "w") as f:
                     f.write(traceback.format_exc())
     finally:
+        # Both ranks finish before either tears down: a rank that destroys its group while
+        # the other still talks to it can abort (std::terminate in a gloo thread).
+        dist.barrier()
         dist.destroy_process_group()
 
 
