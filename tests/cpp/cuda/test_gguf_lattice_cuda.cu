@@ -13,20 +13,14 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_support.cuh"
 #include "kernels/gguf_lattice.h"
 
 namespace {
 
 namespace k = qat::kernels;
 
-bool gpu_available() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define REQUIRE_GPU() \
-  if (!gpu_available()) GTEST_SKIP() << "no CUDA device"
-#define CUDA_OK(expr) ASSERT_EQ(cudaSuccess, (expr)) << #expr
+using namespace qat_cuda_test;
 
 struct TypeCase {
   k::GGUFType type;
@@ -37,8 +31,6 @@ const TypeCase kTypes[] = {{k::GGUFType::Q4_0, "Q4_0"}, {k::GGUFType::Q4_1, "Q4_
                            {k::GGUFType::Q3_K, "Q3_K"}, {k::GGUFType::Q4_K, "Q4_K"}, {k::GGUFType::Q5_K, "Q5_K"},
                            {k::GGUFType::Q6_K, "Q6_K"}, {k::GGUFType::IQ4_NL, "IQ4_NL"}};
 const k::DType kDTypes[] = {k::DType::f32, k::DType::f16, k::DType::bf16};
-
-size_t elem_size(k::DType d) { return d == k::DType::f32 ? 4 : 2; }
 
 // Raw storage of n elements of `dtype` from floats (rounded as the kernels' stores round).
 std::vector<unsigned char> to_storage(const std::vector<float>& v, k::DType dtype) {

@@ -15,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda_test_support.cuh"
 #include "kernels/lut.h"
 
 namespace {
@@ -22,15 +23,7 @@ namespace {
 namespace qk = qat::kernels;
 using qk::DType;
 
-bool gpu_available() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
-#define REQUIRE_GPU() \
-  if (!gpu_available()) GTEST_SKIP() << "no CUDA device"
-
-size_t elem_size(DType d) { return d == DType::f32 ? 4 : 2; }
+using namespace qat_cuda_test;
 
 void store(DType d, std::vector<unsigned char>& buf, int64_t i, float v) {
   if (d == DType::f32) {
